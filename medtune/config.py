@@ -1,0 +1,466 @@
+"""Recipes: typed, frozen configuration loaded from YAML.
+
+A recipe file has six sections (``model``, ``data``, ``train``, ``zero``,
+``launch``, ``logging``) and may name ``base:`` files (one path or a list)
+that it builds on: bases are merged in order, then the file's own keys win.
+A base is looked up beside the file first, then under the repository's
+``recipes/`` folder, so ``base: [models/tiny-llama.yaml, data/demo.yaml]``
+works from anywhere. Command-line overrides (``train.lr=2e-5``) come last.
+
+Every problem in a recipe is collected and reported at once, one line each,
+naming the file that set the key::
+
+    recipes/x.yaml: train.lr = -1: must be greater than 0
+
+This module imports no torch, deepspeed or transformers, so validation runs
+before any process starts and ``medtune --help`` stays instant.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import asdict, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
+
+RECIPES_ROOT = Path(__file__).resolve().parent.parent / "recipes"
+COMMAND_LINE = "command line"
+
+_SCHEMA = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+def _section(cls):
+    return dataclass(frozen=True, kw_only=True, config=_SCHEMA)(cls)
+
+
+class RecipeError(ValueError):
+    """A recipe a user can fix; ``str()`` is one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@_section
+class TokenizerTrain:
+    vocab_size: int = Field(default=2000, ge=64)
+    """Vocabulary size of the sentencepiece model medtune trains from the
+    recipe's data when ``model.tokenizer`` does not exist yet."""
+
+
+@_section
+class ModelConfig:
+    name_or_path: str | None = None
+    """Hugging Face hub id or local directory loaded with ``from_pretrained``."""
+    config: dict[str, Any] | None = None
+    """Inline Hugging Face config (must hold ``model_type``) for a model built
+    from scratch; used instead of ``name_or_path`` for tiny test models."""
+    tokenizer: str | None = None
+    """Tokenizer hub id or directory; defaults to ``name_or_path``."""
+    train_tokenizer: TokenizerTrain | None = None
+    """Train a sentencepiece tokenizer from the recipe's data when
+    ``tokenizer`` is absent (into the data cache when ``tokenizer`` is unset)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of ``name_or_path``."""
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """Training dtype: ``auto`` is bf16 on GPUs that support it, else fp32."""
+    attention: Literal["sdpa", "eager", "flex_attention"] = "sdpa"
+    """Attention backend. Each one isolates the samples of a packed row
+    (positions restart at 0 per sample, no attention mask, no KV cache)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub (only for families transformers lacks)."""
+
+
+@_section
+class SourceConfig:
+    path: str
+    """File (or directory, or hub id for hub formats) to read, relative to
+    the recipe file that names it."""
+    format: str = "jsonl"
+    """Reader: see ``medtune.data.formats.READERS``."""
+    name: str | None = None
+    """Name used in statistics and logs; defaults to the file's stem."""
+
+
+@_section
+class DataConfig:
+    sources: list[SourceConfig] = Field(default_factory=list)
+    """Instruction sources, each read into ``{instruction, input, output}``."""
+    template: Literal["paper", "chat"] = "paper"
+    """``paper``: ``### Instruction: ...\\n ### Input: ...\\n ### Output: ...``
+    then EOS (Rohanian et al. 2024); ``chat``: the tokenizer's chat template."""
+    max_tokens: int = Field(default=2048, ge=8)
+    """Tokens per packed row; a sample is never split across rows."""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """What happens to a sample longer than ``max_tokens`` (counted either way)."""
+    seed: int = 0
+    """Seed of the packing order."""
+    cache_dir: str | None = None
+    """Where tokenized data is cached; default ``$MEDTUNE_CACHE`` or
+    ``~/.cache/medtune``."""
+
+
+@_section
+class TrainConfig:
+    epochs: int = Field(default=1, ge=1)
+    """Passes over the data."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps (``None``: run all epochs)."""
+    grad_accum: int = Field(default=1, ge=1)
+    """Packed rows each rank accumulates per optimizer step."""
+    lr: float = Field(default=2e-5, gt=0)
+    """Peak learning rate of AdamW."""
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup (transformers' schedule implementations)."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """Linear warmup steps; wins over ``warmup_ratio`` when non-zero."""
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    """Warmup as a fraction of all optimizer steps."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay (never applied to biases and norm weights)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    adam_eps: float = Field(default=1e-8, gt=0)
+    """AdamW epsilon."""
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    """Clip the global gradient norm to this (0 turns clipping off)."""
+    seed: int = 42
+    """Seed of model initialisation and every rank's RNGs."""
+    save_every: int = Field(default=0, ge=0)
+    """Write a checkpoint every N optimizer steps (0: only at the end)."""
+    loss_normalisation: Literal["tokens", "micro_mean"] = "tokens"
+    """``tokens``: the step's loss is the mean over every response token of
+    the step, across micro-batches and ranks. ``micro_mean`` (a mean of
+    per-micro-batch means, as older Trainers did) only reproduces old runs."""
+    export: bool = True
+    """Write a verified Hugging Face export at the end of training."""
+
+
+@_section
+class ZeroConfig:
+    deepspeed_config: str | None = None
+    """A whole DeepSpeed JSON to use instead of the generated one (medtune
+    still sets batch sizes and accumulation from the recipe)."""
+    overlap_comm: bool = True
+    """Overlap gradient reduction with the backward pass."""
+    contiguous_gradients: bool = True
+    """Copy gradients into one buffer as they are produced (less fragmentation)."""
+    reduce_bucket_size: int | Literal["auto"] = "auto"
+    """Elements per reduce-scatter bucket; ``auto``: hidden_size²."""
+    prefetch_bucket_size: int | Literal["auto"] = "auto"
+    """Elements prefetched ahead of use; ``auto``: 0.9 × hidden_size²."""
+    param_persistence_threshold: int | Literal["auto"] = "auto"
+    """Parameters smaller than this stay unpartitioned; ``auto``: 10 × hidden_size."""
+    max_live_parameters: int = Field(default=1_000_000_000, ge=0)
+    """Gathered parameters kept alive at once."""
+    offload_optimizer: Literal["none", "cpu"] = "none"
+    """Keep optimizer states in host memory."""
+    offload_params: Literal["none", "cpu"] = "none"
+    """Keep partitioned parameters in host memory."""
+
+
+@_section
+class LaunchConfig:
+    procs: int = Field(default=1, ge=1)
+    """Ranks on this machine (GPUs on a GPU node, CPU processes otherwise)."""
+    master_port: int | None = Field(default=None, ge=1024, le=65535)
+    """Rendezvous port; a free one is picked when unset."""
+    timeout_minutes: float = Field(default=30.0, gt=0)
+    """Collective timeout given to the process group."""
+    threads_per_proc: int | None = Field(default=None, ge=1)
+    """CPU threads per rank; default: cores / procs."""
+
+
+@_section
+class LoggingConfig:
+    every: int = Field(default=1, ge=1)
+    """Log scalars every N optimizer steps."""
+    tensorboard: bool = True
+    """Write TensorBoard events under ``RUN_DIR/tensorboard``."""
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+
+
+@_section
+class Recipe:
+    name: str = "run"
+    """Run name; defaults to the recipe file's stem."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    zero: ZeroConfig = Field(default_factory=ZeroConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+# --------------------------------------------------------------------------
+# Loading: YAML files, `base:` composition, dotted overrides, provenance.
+# --------------------------------------------------------------------------
+
+def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load, compose and validate a recipe; raise `RecipeError` listing every problem."""
+    path = Path(path)
+    tree, origin = _load_tree(path, chain=())
+    tree.setdefault("name", path.stem)
+    origin.setdefault("name", str(path))
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(tree, key, value)
+        origin[key] = COMMAND_LINE
+    return validate(tree, origin, default_file=str(path))
+
+
+def validate(tree: dict, origin: dict[str, str], default_file: str) -> Recipe:
+    """Turn a merged tree into a `Recipe`, reporting every problem at once."""
+    problems: list[str] = []
+    try:
+        recipe = Recipe(**tree)
+    except ValidationError as err:
+        for e in err.errors():
+            problems.append(_describe(e, tree, origin, default_file))
+        raise RecipeError(problems) from None
+    except TypeError as err:  # a section given as a scalar or a list
+        raise RecipeError([f"{default_file}: {err}"]) from None
+    problems += [_where(key, origin, default_file) + f": {msg}" for key, msg in _cross_checks(recipe)]
+    if problems:
+        raise RecipeError(problems)
+    return recipe
+
+
+def _cross_checks(r: Recipe) -> list[tuple[str, str]]:
+    """Rules that span fields: (dotted key, message) for each broken one."""
+    out = []
+    m = r.model
+    if (m.name_or_path is None) == (m.config is None):
+        out.append(("model", "give exactly one of model.name_or_path (hub id or directory) "
+                             "or model.config (an inline config for a model built from scratch)"))
+    if m.config is not None and "model_type" not in m.config:
+        out.append(("model.config", "an inline config needs model_type (e.g. llama, mistral, qwen2)"))
+    if m.config is not None and m.tokenizer is None and m.train_tokenizer is None:
+        out.append(("model.tokenizer", "a model built from model.config needs model.tokenizer "
+                                       "or model.train_tokenizer"))
+    if not r.data.sources:
+        out.append(("data.sources", "no data sources: add at least one {path, format}"))
+    from medtune.data.formats import READERS  # pure Python, no torch
+    for i, src in enumerate(r.data.sources):
+        if src.format not in READERS:
+            near = difflib.get_close_matches(src.format, READERS, n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            out.append((f"data.sources.{i}.format",
+                        f"unknown reader '{src.format}': {hint}known: {', '.join(sorted(READERS))}"))
+        elif READERS[src.format].local and not Path(src.path).exists():
+            out.append((f"data.sources.{i}.path", f"{src.path} does not exist"))
+    if r.zero.deepspeed_config is not None and not Path(r.zero.deepspeed_config).is_file():
+        out.append(("zero.deepspeed_config", f"{r.zero.deepspeed_config} does not exist"))
+    local_tok = m.tokenizer and _looks_local(m.tokenizer)
+    if local_tok and m.train_tokenizer is None and not Path(m.tokenizer).exists():
+        out.append(("model.tokenizer", f"{m.tokenizer} does not exist (set model.train_tokenizer "
+                                       "to train one there)"))
+    return out
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or Path(value).exists()
+
+
+def _describe(e: dict, tree: dict, origin: dict[str, str], default_file: str) -> str:
+    loc = [str(p) for p in e["loc"]]
+    key = ".".join(loc)
+    where = _where(key, origin, default_file)
+    if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        parent = _schema_at(loc[:-1])
+        allowed = [f.name for f in fields(parent)] if parent else []
+        near = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f"did you mean '{near[0]}'?" if near else f"allowed: {', '.join(allowed)}"
+        return f"{where}: unknown key '{key}': {hint}"
+    value = e.get("input")
+    if e["type"] == "missing":
+        return f"{where}: {key} is required"
+    msg = e["msg"]
+    msg = msg[0].lower() + msg[1:]
+    msg = msg.replace("input should be", "must be")
+    return f"{where}: {key} = {_short(value)}: {msg}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    text = text.removesuffix("\n...").strip()
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _schema_at(loc: list[str]):
+    cls = Recipe
+    for part in loc:
+        if part.isdigit():
+            continue
+        hints = {f.name: f.type for f in fields(cls)}
+        if part not in hints:
+            return None
+        nxt = _dataclass_in(hints[part])
+        if nxt is None:
+            return None
+        cls = nxt
+    return cls
+
+
+def _dataclass_in(annotation):
+    """The schema class inside an annotation such as ``list[SourceConfig]``."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, globals())  # our own annotations only
+    if is_dataclass(annotation):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _dataclass_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _where(key: str, origin: dict[str, str], default_file: str) -> str:
+    """The file (or the command line) that set `key` or its nearest parent."""
+    parts = key.split(".")
+    while parts:
+        probe = ".".join(parts)
+        if probe in origin:
+            return origin[probe]
+        for k in origin:  # a parent key whose children were set
+            if k.startswith(probe + "."):
+                return origin[k]
+        parts.pop()
+    return default_file
+
+
+# Keys whose values are file paths, resolved against the file that sets them.
+_PATH_KEYS = ("model.name_or_path", "model.tokenizer", "zero.deepspeed_config", "data.cache_dir")
+
+
+def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
+    path = path.resolve() if path.exists() else path
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise RecipeError([f"{chain[-1]}: base: cycle {cycle}"])
+    if not path.is_file():
+        where = f"{chain[-1]}: base" if chain else str(path)
+        raise RecipeError([f"{where}: recipe file {path} does not exist"])
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError([f"{path}{at}: bad YAML: {problem}"]) from None
+    if not isinstance(raw, dict):
+        raise RecipeError([f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}"])
+    bases = raw.pop("base", None) or []
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise RecipeError([f"{path}: base = {_short(bases)}: must be a path or a list of paths"])
+    tree: dict = {}
+    origin: dict[str, str] = {}
+    for base in bases:
+        base_path = _find_base(base, path.parent)
+        sub, sub_origin = _load_tree(base_path, (*chain, path))
+        _merge(tree, sub)
+        origin.update(sub_origin)
+    _resolve_paths(raw, path.parent)
+    _merge(tree, raw)
+    for key in _leaf_keys(raw):
+        origin[key] = str(path)
+    return tree, origin
+
+
+def _find_base(name: str, here: Path) -> Path:
+    candidate = (here / name).expanduser()
+    if candidate.exists():
+        return candidate
+    fallback = RECIPES_ROOT / name
+    return fallback if fallback.exists() else candidate
+
+
+def _resolve_paths(raw: dict, here: Path) -> None:
+    for key in _PATH_KEYS:
+        section, _, leaf = key.partition(".")
+        block = raw.get(section)
+        if isinstance(block, dict) and isinstance(block.get(leaf), str):
+            block[leaf] = _resolve(block[leaf], here, must_be_local=(leaf != "name_or_path"
+                                                                       and leaf != "tokenizer"))
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("sources"), list):
+        for src in data["sources"]:
+            if isinstance(src, dict) and isinstance(src.get("path"), str):
+                src["path"] = _resolve(src["path"], here, must_be_local=src.get("format") != "hub")
+
+
+def _resolve(value: str, here: Path, must_be_local: bool) -> str:
+    """A relative path is taken relative to the recipe; a hub id is kept as is."""
+    value = os.path.expandvars(value)
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    local = here / p
+    if must_be_local or value.startswith(("./", "../")) or local.exists():
+        return str(local.resolve())
+    return value
+
+
+def _merge(dst: dict, src: dict) -> None:
+    """Deep-merge mappings; lists and scalars from `src` replace those in `dst`."""
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out += _leaf_keys(v, key + ".")
+        else:
+            out.append(key)
+    return out
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise RecipeError([f"{COMMAND_LINE}: override '{item}' must look like section.key=value"])
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
+
+
+def to_dict(recipe: Recipe) -> dict:
+    """Plain data for writing the resolved recipe (tuples become lists)."""
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    return plain(asdict(recipe))
+
+
+def dump(recipe: Recipe, path: str | os.PathLike) -> None:
+    """Write the resolved recipe; `load` of the result gives the same recipe."""
+    Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))

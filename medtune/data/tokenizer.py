@@ -1,0 +1,68 @@
+"""Load the recipe's tokenizer, or train a small sentencepiece one for tiny models."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from medtune.config import Recipe
+
+
+def location(recipe: Recipe) -> str:
+    """Where the recipe's tokenizer lives: a hub id or a local directory.
+
+    With ``model.train_tokenizer`` and no ``model.tokenizer``, it is a
+    directory in the data cache named by the vocabulary size and a hash of
+    the sources, so a change of data trains a new tokenizer.
+    """
+    m = recipe.model
+    if m.tokenizer:
+        return m.tokenizer
+    if m.train_tokenizer is not None:
+        from medtune.data.prepare import cache_root, sources_digest
+
+        return str(cache_root(recipe) / "tokenizers"
+                   / f"spm{m.train_tokenizer.vocab_size}-{sources_digest(recipe)}")
+    return m.name_or_path
+
+
+def load(recipe: Recipe):
+    """The tokenizer named by the recipe (hub id or local directory)."""
+    from transformers import AutoTokenizer
+
+    m = recipe.model
+    return AutoTokenizer.from_pretrained(location(recipe), revision=None if m.tokenizer else m.revision,
+                                         trust_remote_code=m.trust_remote_code)
+
+
+def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int) -> None:
+    """Train a byte-fallback BPE sentencepiece model and save it as a Llama tokenizer.
+
+    Written to a temporary directory first and renamed into place, so a
+    crash never leaves a half-written tokenizer that later runs would use.
+    """
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=out.parent))
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(list(texts)), model_prefix=str(tmp / "tokenizer"),
+            vocab_size=vocab_size, model_type="bpe", byte_fallback=True, split_digits=True,
+            hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
+            num_threads=1, minloglevel=2)
+        # transformers reads `dir/tokenizer.model`; `LlamaTokenizer(vocab_file=...)`
+        # would silently give an empty 3-token vocabulary.
+        tok = LlamaTokenizer.from_pretrained(str(tmp), add_bos_token=True, add_eos_token=False)
+        got = len(tok)
+        if got < 64:
+            raise RuntimeError(f"trained tokenizer in {tmp} has only {got} tokens")
+        tok.save_pretrained(str(tmp))
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
