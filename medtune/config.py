@@ -227,7 +227,8 @@ def validate(tree: dict, origin: dict[str, str], default_file: str) -> Recipe:
         raise RecipeError(problems) from None
     except TypeError as err:  # a section given as a scalar or a list
         raise RecipeError([f"{default_file}: {err}"]) from None
-    problems += [_where(key, origin, default_file) + f": {msg}" for key, msg in _cross_checks(recipe)]
+    for key, msg in _cross_checks(recipe):
+        problems.append(f"{_where(key, origin, default_file)}: {key}: {msg}")
     if problems:
         raise RecipeError(problems)
     return recipe

@@ -45,6 +45,17 @@ class PackedData:
         return sum(len(self.packs[p]) for slots in step.slots for p in slots if p is not None)
 
 
+def forward(model, batch: Batch, device) -> torch.Tensor:
+    """Logits of a packed row, its samples kept apart.
+
+    transformers isolates the samples (block-diagonal causal attention from
+    ``position_ids`` restarting at 0) only when there is no attention mask
+    and no KV cache, so neither is ever passed here.
+    """
+    return model(input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device),
+                 attention_mask=None, use_cache=False).logits
+
+
 def steps_per_epoch(data: PackedData, world: int, grad_accum: int) -> int:
     return math.ceil(len(data.packs) / (world * grad_accum))
 
@@ -70,9 +81,7 @@ def train_step(engine, data: PackedData, step: Step, rank: int, world: int,
     local_sum = torch.zeros((), dtype=torch.float64)
     for micro in range(grad_accum):
         batch = data.batch(step.slots[rank][micro])
-        out = engine(input_ids=batch.input_ids.to(engine.device),
-                     position_ids=batch.position_ids.to(engine.device), use_cache=False)
-        ce_sum = token_ce_sum(out.logits, batch.labels)
+        ce_sum = token_ce_sum(forward(engine, batch, engine.device), batch.labels)
         local_sum += ce_sum.detach().double().cpu()
         if normalisation == "tokens":
             loss = ce_sum * (world * grad_accum / max(n_step, 1))

@@ -62,9 +62,9 @@ def discover(environ: Mapping[str, str] | None = None) -> RankEnv:
             "no launcher told this rank who it is: expected RANK/WORLD_SIZE (deepspeed, torchrun), "
             "OMPI_COMM_WORLD_RANK/SIZE (mpirun) or SLURM_PROCID/NTASKS (srun); "
             "start ranks with `medtune train`, `medtune launch` or `medtune slurm`")
-    for a in found:
-        for b in found:
-            if a[0] < b[0] and a[2] == b[2] and a[1] != b[1]:
+    for i, a in enumerate(found):
+        for b in found[i + 1:]:
+            if a[2] == b[2] and a[1] != b[1]:
                 raise DiscoveryError(f"{a[0]} says rank {a[1]} but {b[0]} says rank {b[1]} "
                                      f"for the same world size {a[2]}")
     name, rank, world, local_rank, local_world = found[0]

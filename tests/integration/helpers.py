@@ -1,0 +1,65 @@
+"""Running medtune for real from tests: subprocesses, tiny models, reading runs back."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from tests.conftest import RECIPES
+
+TINY_LLAMA = yaml.safe_load((RECIPES / "models" / "tiny-llama.yaml").read_text())["model"]["config"]
+
+
+def medtune(*args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """``medtune ARGS`` in a subprocess; on failure the assertion shows its output."""
+    proc = subprocess.run([sys.executable, "-m", "medtune.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"medtune {' '.join(args)} exited {proc.returncode}:\n" \
+                                     f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return proc
+
+
+def write_recipe(path: Path, tree: dict) -> Path:
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def demo_tokenizer_dir() -> Path:
+    """The sentencepiece tokenizer medtune trains for the demo data (trained once per cache)."""
+    from medtune import config
+    from medtune.data.prepare import prepare
+    from medtune.data.tokenizer import location
+
+    recipe = config.load(RECIPES / "demo.yaml")
+    prepare(recipe, log=lambda _: None)
+    return Path(location(recipe))
+
+
+def save_tiny_model(out: Path, seed: int = 0, family_config: dict | None = None) -> Path:
+    """A randomly initialised tiny model plus the demo tokenizer, as a from_pretrained dir."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = dict(family_config or TINY_LLAMA)
+    torch.manual_seed(seed)
+    net = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+    net.save_pretrained(out)
+    AutoTokenizer.from_pretrained(demo_tokenizer_dir()).save_pretrained(out)
+    return out
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def load_weights(export_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(export_dir.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
