@@ -201,6 +201,9 @@ def _build(recipe: Recipe, recipe_file: str, final: Path, fp: str, log) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{fp}-", dir=final.parent))
     try:
+        import datasets
+
+        datasets.disable_progress_bars()  # ours above is the one that matters
         Dataset.from_dict(cols).save_to_disk(str(tmp / "arrow"))
         (tmp / "stats.json").write_text(json.dumps(summary, indent=2))
         if final.exists():  # an older incomplete build: stats.json was missing

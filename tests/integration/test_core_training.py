@@ -27,7 +27,9 @@ SCALARS = ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "t
 def _recipe(tmp: Path, init: Path, normalisation: str) -> Path:
     return write_recipe(tmp / f"equiv-{normalisation}.yaml", {
         "base": str(RECIPES / "data" / "demo.yaml"),
-        "model": {"name_or_path": str(init), "dtype": "fp32", "attention": "sdpa"},
+        # activation checkpointing on: recomputation must not change a single gradient
+        "model": {"name_or_path": str(init), "dtype": "fp32", "attention": "sdpa",
+                  "gradient_checkpointing": normalisation == "tokens"},
         "data": {"max_tokens": 512},
         "train": {"max_steps": STEPS, "grad_accum": ACCUM, "lr": 1e-3, "warmup_steps": 1,
                   "scheduler": "cosine", "weight_decay": 0.1, "max_grad_norm": 1.0, "seed": 0,

@@ -46,3 +46,20 @@ def test_labels_cover_the_response_and_eos_only(tokenizer):
 def test_truncation_is_reported(tokenizer):
     enc = encode(render(REC, "paper"), tokenizer, max_tokens=40)
     assert enc.truncated and len(enc.input_ids) == 40 == len(enc.labels)
+
+
+CHAT = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+        "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def test_chat_template_labels_only_the_assistant_turn(tokenizer):
+    tokenizer.chat_template = CHAT
+    r = render(REC, "chat", tokenizer)
+    assert r.prompt.endswith("<|assistant|>\n") and r.response.startswith(REC.output)
+    assert not r.add_special_tokens and not r.append_eos
+    enc = encode(r, tokenizer, max_tokens=4096)
+    k = enc.prompt_tokens
+    assert enc.input_ids[:k] == tokenizer(r.prompt, add_special_tokens=False)["input_ids"]
+    answer = tokenizer.decode([x for x in enc.labels if x != IGNORE])
+    assert answer.startswith(REC.output) and tokenizer.eos_token in answer
