@@ -27,6 +27,8 @@ setup(
         "PyYAML>=6.0",
         "tqdm>=4.66",
         "numpy",
+        "matplotlib>=3.7",  # lengths.png of `medtune prepare` (Agg backend, no display needed)
+        "psutil",
     ],
     extras_require={
         "flash": ["flash-attn>=2.6"],

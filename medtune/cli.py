@@ -1,4 +1,4 @@
-"""The ``medtune`` command: prepare | train | export.
+"""The ``medtune`` command: prepare | train | launch | export.
 
 Verbs import what they need inside, so ``medtune --help`` and recipe
 validation never wait for torch, deepspeed or transformers.
@@ -6,26 +6,62 @@ validation never wait for torch, deepspeed or transformers.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-from medtune import config
+from medtune import config, exitcodes
+from medtune.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medtune", description=__doc__.splitlines()[0])
     verbs = p.add_subparsers(dest="verb", required=True)
 
-    prep = verbs.add_parser("prepare", help="read, tokenize and cache a recipe's data")
+    prep = verbs.add_parser("prepare", help="read, tokenize and cache a recipe's data",
+                            description="Build (or find in the cache) a recipe's tokenized data and "
+                                        "print its statistics. A recipe without a model section (a "
+                                        "data recipe) is tokenized with the tokenizer of "
+                                        "recipes/models/tiny-llama.yaml.")
     prep.add_argument("recipe")
     prep.add_argument("overrides", nargs="*", metavar="key=value")
+    prep.add_argument("--out", metavar="DIR", help="also write DIR/stats.json and DIR/lengths.png")
 
     train = verbs.add_parser("train", help="train a recipe on this machine's ranks")
     train.add_argument("recipe")
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="dotted recipe overrides, e.g. train.lr=2e-5")
     train.add_argument("--run-dir", help="run directory (default runs/<recipe>-<time>)")
+    _resume_args(train)
+
+    launch = verbs.add_parser("launch", help="train a recipe on the nodes of a hostfile")
+    launch.add_argument("recipe")
+    launch.add_argument("overrides", nargs="*", metavar="key=value")
+    launch.add_argument("--hostfile", required=True, help="`HOST slots=N` lines (see hostfile.example)")
+    launch.add_argument("--launcher", default="pdsh", choices=("pdsh", "openmpi", "mvapich", "no_ssh"))
+    launch.add_argument("--master-addr", help="rendezvous address (default: first host)")
+    launch.add_argument("--master-port", type=int, help="rendezvous port (default: a free one)")
+    launch.add_argument("--node-rank", type=int, help="this node's index, with --launcher no_ssh")
+    launch.add_argument("--run-dir", help="run directory on a file system every node sees")
+    launch.add_argument("--dry-run", action="store_true", help="print the commands, change nothing")
+    _resume_args(launch)
+
+    slurm = verbs.add_parser("slurm", help="write (and submit) a Slurm batch script for a recipe")
+    slurm.add_argument("recipe")
+    slurm.add_argument("overrides", nargs="*", metavar="key=value")
+    slurm.add_argument("--nodes", type=int, required=True)
+    slurm.add_argument("--gpus-per-node", type=int, required=True,
+                       help="GPUs (= ranks) per node; 0 for CPU ranks (launch.procs per node)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--time", help="time limit, e.g. 2-00:00:00")
+    slurm.add_argument("--account")
+    slurm.add_argument("--job-name", help="default: the recipe's name")
+    slurm.add_argument("--grace", type=int, default=120,
+                       help="seconds between Slurm's USR1 warning and the kill (default 120)")
+    slurm.add_argument("--run-dir", help="run directory on a file system every node sees")
+    slurm.add_argument("--out", help="where to write the script (default RUN_DIR/job.sbatch)")
+    slurm.add_argument("--submit", action="store_true", help="submit it with sbatch and print the job id")
 
     exp = verbs.add_parser("export", help="write a Hugging Face export from a run or checkpoint")
     exp.add_argument("source", help="a run directory (its newest checkpoint) or a checkpoint directory")
@@ -33,14 +69,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", default="auto", metavar="auto|none|PATH",
+                   help="auto: the run directory's newest complete checkpoint, else start fresh "
+                        "(default); none: start fresh; PATH: that checkpoint or run directory")
+    p.add_argument("--allow-changed", action="store_true",
+                   help="resume even though training-relevant recipe fields or the data changed")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    # overrides may come after options too: `train R --run-dir D train.lr=1e-4`
+    if rest and hasattr(args, "overrides") and all("=" in r and not r.startswith("-") for r in rest):
+        args.overrides += rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return {"prepare": _prepare, "train": _train, "export": _export}[args.verb](args)
+        verbs = {"prepare": _prepare, "train": _train, "launch": _launch, "slurm": _slurm,
+                 "export": _export}
+        return verbs[args.verb](args)
     except config.RecipeError as err:
         for line in err.problems:
             print(f"medtune: error: {line}", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
+    except UserError as err:
+        print(f"medtune: error: {err}", file=sys.stderr)
+        return exitcodes.USAGE
 
 
 def _load(args) -> config.Recipe:
@@ -48,41 +103,148 @@ def _load(args) -> config.Recipe:
 
 
 def _prepare(args) -> int:
+    import shutil
+
+    import datasets  # noqa: F401  (library start-up is not part of the data stage timed below)
+
     from medtune.data.prepare import prepare
 
-    recipe = _load(args)
+    default_model = config.RECIPES_ROOT / "models" / "tiny-llama.yaml"
+    recipe = config.load(args.recipe, args.overrides, defaults=[default_model])
     began = time.perf_counter()
     prepared = prepare(recipe, args.recipe)
     took = time.perf_counter() - began
-    print(f"{'cache hit' if prepared.cache_hit else 'built'}: {prepared.path} ({took:.2f}s)")
     s = prepared.stats
-    print(f"{'source':<24}{'records':>9}{'tokens':>11}{'truncated':>11}{'dropped':>9}{'malformed':>11}")
-    for name, st in s["sources"].items():
-        print(f"{name:<24}{st['records']:>9}{st['tokens']:>11}{st['truncated']:>11}"
-              f"{st['dropped']:>9}{st['malformed']:>11}")
-    print(f"{s['samples']} samples, {s['tokens']} tokens, {s['packs']} packs of "
-          f"{recipe.data.max_tokens}, fill {s['packing_fill']:.1%}")
+    print(f"{'cache hit' if prepared.cache_hit else 'built'}: {prepared.path} "
+          f"(data stage {took:.2f}s)")
+    print(_stats_table(s))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("stats.json", "lengths.png"):
+            shutil.copyfile(prepared.path / name, out / name)
+        print(f"wrote {out / 'stats.json'} and {out / 'lengths.png'}")
     return 0
 
 
+def _stats_table(s: dict) -> str:
+    """The per-source and per-task table `medtune prepare` prints."""
+    cols = ("records", "malformed", "duplicates", "samples", "tokens", "truncated", "dropped")
+    head = f"{'source':<24}" + "".join(f"{c:>11}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for name, st in s["sources"].items():
+        lines.append(f"{name[:23]:<24}" + "".join(f"{st[c]:>11}" for c in cols))
+    lines += ["", f"{'task':<24}{'samples':>11}{'tokens':>11}{'mean len':>11}{'max len':>11}"]
+    for task, t in s["tasks"].items():
+        lines.append(f"{task[:23]:<24}{t['samples']:>11}{t['tokens']:>11}{t['mean_length']:>11}"
+                     f"{t['max_length']:>11}")
+    lines.append(f"\n{s['samples']} samples, {s['tokens']} tokens ({s['label_tokens']} labelled), "
+                 f"{s['packs']} packs of {s['max_tokens']}: packing fill {s['packing_fill']:.1%}")
+    return "\n".join(lines)
+
+
 def _train(args) -> int:
-    from medtune.data.prepare import prepare
-    from medtune.launcher.deepspeed import execute, free_port, local_plan
+    from medtune.launcher.deepspeed import free_port, local_plan
 
     recipe = _load(args)
-    run_dir = Path(args.run_dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    # Tokenizer training and tokenization happen here, once, before any rank
-    # starts: a bad recipe or bad data fails now, and no collective timeout
-    # can expire while ranks wait on preprocessing.
-    prepare(recipe, args.recipe)
+    run_dir = _run_dir(args, recipe)
+    _ready_to_start(args, recipe, run_dir, world=recipe.launch.procs)
+    plan = local_plan(recipe.launch.procs, run_dir / "recipe.yaml", run_dir,
+                      recipe.launch.master_port or free_port(), extra=_resume_argv(args))
+    return _run(plan, args, run_dir)
+
+
+def _launch(args) -> int:
+    from medtune.launcher import hostfile
+    from medtune.launcher.deepspeed import cluster_plan, free_port
+
+    recipe = _load(args)
+    hosts = hostfile.parse(args.hostfile)
+    hostfile.check_against(hosts, args.hostfile, recipe.launch.nodes, recipe.launch.procs)
+    if args.launcher == "no_ssh" and args.node_rank is None:
+        raise UserError("--launcher no_ssh needs --node-rank (0 on the first host, 1 on the next, ...)")
+    run_dir = _run_dir(args, recipe)
+    port = args.master_port or recipe.launch.master_port
+    if port is None and args.launcher == "no_ssh":
+        raise UserError("--launcher no_ssh needs --master-port: every node must name the same one")
+    master = args.master_addr or (hosts[0].name if args.launcher == "no_ssh" else None)
+    if not args.dry_run:
+        _ready_to_start(args, recipe, run_dir, world=recipe.launch.nodes * recipe.launch.procs)
+    plan = cluster_plan(Path(args.hostfile).resolve(), args.launcher, run_dir / "recipe.yaml", run_dir,
+                        port or free_port(), dict(os.environ), master, args.node_rank,
+                        extra=_resume_argv(args))
+    if args.dry_run:
+        print(plan.shell())
+        for path, text in plan.files.items():
+            print(f"# {path} (written at launch):")
+            print(text, end="")
+        return exitcodes.OK
+    return _run(plan, args, run_dir)
+
+
+def _slurm(args) -> int:
+    from medtune.launcher import slurm
+    from medtune.launcher.deepspeed import free_port
+
+    recipe = _load(args)
+    procs = args.gpus_per_node or recipe.launch.procs
+    # the job's shape is the command line's: record it in the recipe the ranks read
+    recipe = config.load(args.recipe, [*args.overrides, f"launch.nodes={args.nodes}",
+                                       f"launch.procs={procs}"])
+    run_dir = _run_dir(args, recipe)
+    job = slurm.SlurmJob(job_name=args.job_name or recipe.name, nodes=args.nodes, procs_per_node=procs,
+                         gpus_per_node=args.gpus_per_node, recipe_file=run_dir / "recipe.yaml",
+                         run_dir=run_dir, master_port=recipe.launch.master_port or free_port(),
+                         partition=args.partition, time=args.time, account=args.account,
+                         tasks=recipe.launch.slurm_tasks, grace_seconds=args.grace)
+    script = slurm.render(job)
+    out = Path(args.out).resolve() if args.out else run_dir / "job.sbatch"
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = run_dir / "recipe.yaml"
-    config.dump(recipe, resolved)
-    plan = local_plan(recipe.launch.procs, resolved, run_dir, recipe.launch.master_port or free_port())
+    config.dump(recipe, run_dir / "recipe.yaml")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(script)
+    print(f"wrote {out}")
+    if args.submit:
+        print(f"submitted job {slurm.submit(out)}")
+    return exitcodes.OK
+
+
+def _run_dir(args, recipe: config.Recipe) -> Path:
+    return Path(args.run_dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+
+
+def _resume_argv(args) -> tuple[str, ...]:
+    return ("--resume", args.resume) + (("--allow-changed",) if args.allow_changed else ())
+
+
+def _ready_to_start(args, recipe: config.Recipe, run_dir: Path, world: int) -> None:
+    """Everything that must happen once, in this process, before any rank starts.
+
+    Tokenizer training and tokenization (a bad recipe or bad data fails
+    here, and no collective timeout can expire while ranks wait on them),
+    resume checks and a universal conversion for a new world size, and the
+    resolved recipe every rank reads.
+    """
+    from medtune.data.prepare import prepare
+    from medtune.engine.main import data_digest, plan_resume
+
+    prepared = prepare(recipe, args.recipe)
+    plan_resume(recipe, run_dir, args.resume, args.allow_changed, data_digest(prepared), world,
+                say=lambda m: print(f"[medtune] {m}", file=sys.stderr))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.dump(recipe, run_dir / "recipe.yaml")
+
+
+def _run(plan, args, run_dir: Path) -> int:
+    from medtune.launcher.deepspeed import execute
+
     print(f"[medtune] run directory: {run_dir}", file=sys.stderr)
     print(f"[medtune] {plan.shell()}", file=sys.stderr, flush=True)
     code = execute(plan)
-    if code != 0:
+    if code == exitcodes.PREEMPTED:
+        print(f"[medtune] stopped on request after a checkpoint (exit {code}); the same command "
+              f"resumes it (--run-dir {run_dir})", file=sys.stderr)
+    elif code != 0:
         print(f"medtune: error: training exited with code {code}; see {plan.log}", file=sys.stderr)
     return code
 
@@ -112,10 +274,18 @@ def rank_entry(argv: list[str]) -> int:
     p.add_argument("--run-dir", required=True)
     # The DeepSpeed launcher appends --local_rank=N; LOCAL_RANK carries the same.
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    _resume_args(p)
     args = p.parse_args(argv)
     from medtune.engine.main import main as rank_main
 
-    return rank_main(args.recipe, args.run_dir)
+    try:
+        return rank_main(args.recipe, args.run_dir, args.resume, args.allow_changed)
+    except config.RecipeError as err:
+        print("\n".join(f"medtune: error: {line}" for line in err.problems), file=sys.stderr)
+        return exitcodes.USAGE
+    except UserError as err:
+        print(f"medtune: error: {err}", file=sys.stderr)
+        return exitcodes.USAGE
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -80,12 +81,40 @@ class ModelConfig:
 @_section
 class SourceConfig:
     path: str
-    """File (or directory, or hub id for hub formats) to read, relative to
-    the recipe file that names it."""
+    """File or directory (or hub id for ``format: hub``) to read, relative to
+    the recipe file that names it; ``$VARS`` are expanded (``$MEDTUNE_DATA/hoc``)."""
     format: str = "jsonl"
     """Reader: see ``medtune.data.formats.READERS``."""
     name: str | None = None
     """Name used in statistics and logs; defaults to the file's stem."""
+    split: str = "train"
+    """Split to read: with a directory ``path`` the reader picks the split's
+    file (``train.tsv``, ``mli_train_v1.jsonl``, ...); PubMedQA: ``train``
+    (items outside the test set), ``test`` or ``all``; a hub dataset's split.
+    A ``path`` that is a file is read as it is."""
+    tags: Literal["untyped", "typed"] = "untyped"
+    """``conll`` only: ``untyped`` writes B/I/O (types collapse into one
+    class, as the paper did for the five biomedical NER sets); ``typed``
+    keeps ``B-TYPE``/``I-TYPE`` (i2b2-2012)."""
+    instructions: str | None = None
+    """Instruction pool (a key of ``medtune.data.templates.POOLS``) that each
+    record draws its instruction from. Default: the pool named like the
+    record's task for corpus readers; a generic source keeps its records'
+    own instructions unless a pool is named here."""
+    weight: float = Field(default=1.0, gt=0)
+    """Samples per record read: 0.5 keeps a seeded half, 2.0 repeats every
+    record twice (each copy draws its own instruction)."""
+    cap: int | None = Field(default=None, ge=1)
+    """At most this many samples from the source (a seeded choice), after ``weight``."""
+    task: str | None = None
+    """``jsonl``/``hub`` only: the task name of every record (default: each
+    record's ``task`` field, else ``generic``)."""
+    include: list[str] | None = None
+    """``jsonl``/``hub`` only: keep only records whose ``source`` field is
+    listed (e.g. some origins of nlpie/Llama2-MedTuned-Instructions)."""
+    revision: str | None = None
+    """``hub`` only: the dataset revision (commit or tag) to load. The cache
+    key of a hub id is the id and this revision: pin one to make it exact."""
 
 
 @_section
@@ -101,6 +130,15 @@ class DataConfig:
     """What happens to a sample longer than ``max_tokens`` (counted either way)."""
     seed: int = 0
     """Seed of the packing order."""
+    mixture_seed: int = 0
+    """Seed of the mixture: the instruction each record draws from its pool
+    and the records a fractional ``weight`` or a ``cap`` keeps."""
+    dedup: bool = True
+    """Drop exact duplicates (same instruction as read, input and output)
+    across all sources, keeping the first; counted per source."""
+    strict: bool = False
+    """Make a malformed line or record an error instead of skipping and
+    counting it."""
     cache_dir: str | None = None
     """Where tokenized data is cached; default ``$MEDTUNE_CACHE`` or
     ``~/.cache/medtune``."""
@@ -134,6 +172,13 @@ class TrainConfig:
     """Seed of model initialisation and every rank's RNGs."""
     save_every: int = Field(default=0, ge=0)
     """Write a checkpoint every N optimizer steps (0: only at the end)."""
+    keep_last: int | None = Field(default=None, ge=1)
+    """Keep only the newest N complete checkpoints (``None``: keep all). The
+    newest complete checkpoint is never deleted."""
+    max_bad_steps: int = Field(default=5, ge=1)
+    """Stop (with a checkpoint of the last good weights) after this many
+    optimizer steps in a row with a non-finite loss or gradient; each such
+    step is skipped, not applied."""
     loss_normalisation: Literal["tokens", "micro_mean"] = "tokens"
     """``tokens``: the step's loss is the mean over every response token of
     the step, across micro-batches and ranks. ``micro_mean`` (a mean of
@@ -168,7 +213,12 @@ class ZeroConfig:
 @_section
 class LaunchConfig:
     procs: int = Field(default=1, ge=1)
-    """Ranks on this machine (GPUs on a GPU node, CPU processes otherwise)."""
+    """Ranks per node (GPUs on a GPU node, CPU processes otherwise)."""
+    nodes: int = Field(default=1, ge=1)
+    """Nodes of a multi-node launch (``medtune launch``/``medtune slurm``)."""
+    slurm_tasks: Literal["per_rank", "per_node"] = "per_rank"
+    """Under Slurm: one ``srun`` task per rank (ranks read SLURM_PROCID etc.),
+    or one per node running the DeepSpeed launcher with ``--no_ssh``."""
     master_port: int | None = Field(default=None, ge=1024, le=65535)
     """Rendezvous port; a free one is picked when unset."""
     timeout_minutes: float = Field(default=30.0, gt=0)
@@ -203,10 +253,23 @@ class Recipe:
 # Loading: YAML files, `base:` composition, dotted overrides, provenance.
 # --------------------------------------------------------------------------
 
-def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Load, compose and validate a recipe; raise `RecipeError` listing every problem."""
+def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
+         defaults: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = ()) -> Recipe:
+    """Load, compose and validate a recipe; raise `RecipeError` listing every problem.
+
+    `defaults` are recipe files that supply whole sections the recipe (with
+    its bases) lacks, before overrides: ``medtune prepare`` gives a data-only
+    recipe the model section of ``models/tiny-llama.yaml`` so it has a tokenizer.
+    """
     path = Path(path)
     tree, origin = _load_tree(path, chain=())
+    for extra in defaults:
+        sub, sub_origin = _load_tree(Path(extra), chain=())
+        for section, value in sub.items():
+            if section not in tree:
+                tree[section] = value
+                origin.update({k: v for k, v in sub_origin.items()
+                               if k == section or k.startswith(section + ".")})
     tree.setdefault("name", path.stem)
     origin.setdefault("name", str(path))
     for item in overrides:
@@ -248,21 +311,56 @@ def _cross_checks(r: Recipe) -> list[tuple[str, str]]:
                                        "or model.train_tokenizer"))
     if not r.data.sources:
         out.append(("data.sources", "no data sources: add at least one {path, format}"))
-    from medtune.data.formats import READERS  # pure Python, no torch
-    for i, src in enumerate(r.data.sources):
-        if src.format not in READERS:
-            near = difflib.get_close_matches(src.format, READERS, n=1)
-            hint = f"did you mean '{near[0]}'? " if near else ""
-            out.append((f"data.sources.{i}.format",
-                        f"unknown reader '{src.format}': {hint}known: {', '.join(sorted(READERS))}"))
-        elif READERS[src.format].local and not Path(src.path).exists():
-            out.append((f"data.sources.{i}.path", f"{src.path} does not exist"))
+    out += _data_checks(r.data)
     if r.zero.deepspeed_config is not None and not Path(r.zero.deepspeed_config).is_file():
         out.append(("zero.deepspeed_config", f"{r.zero.deepspeed_config} does not exist"))
     local_tok = m.tokenizer and _looks_local(m.tokenizer)
     if local_tok and m.train_tokenizer is None and not Path(m.tokenizer).exists():
         out.append(("model.tokenizer", f"{m.tokenizer} does not exist (set model.train_tokenizer "
                                        "to train one there)"))
+    return out
+
+
+def _data_checks(d: DataConfig) -> list[tuple[str, str]]:
+    """Every source's reader, files, pool and reader-specific settings, before any work."""
+    from medtune.data.formats import READERS, SETTINGS, SourceError, source_files  # pure Python
+    from medtune.data.templates import POOLS
+
+    out = []
+    names: dict[str, int] = {}
+    defaults = SourceConfig(path="-")
+    for i, src in enumerate(d.sources):
+        key = f"data.sources.{i}"
+        unset = re.search(r"\$\{?(\w+)", src.path)
+        if unset:
+            out.append((f"{key}.path", f"{src.path[unset.start():]}: ${unset.group(1)} is not set "
+                                       f"(export {unset.group(1)}=/path/to/your/corpora)"))
+            continue
+        if src.format not in READERS:
+            near = difflib.get_close_matches(src.format, READERS, n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            out.append((f"{key}.format",
+                        f"unknown reader '{src.format}': {hint}known: {', '.join(sorted(READERS))}"))
+            continue
+        try:
+            if READERS[src.format].local or Path(src.path).is_absolute():
+                source_files(src.format, src.path, src.split)
+        except SourceError as err:
+            out.append((f"{key}.path", str(err)))
+        for setting, formats in SETTINGS.items():
+            if getattr(src, setting) != getattr(defaults, setting) and src.format not in formats:
+                out.append((f"{key}.{setting}", f"applies to format {' or '.join(formats)} only, "
+                                                f"not {src.format}"))
+        if src.instructions is not None and src.instructions not in POOLS:
+            near = difflib.get_close_matches(src.instructions, POOLS, n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            out.append((f"{key}.instructions", f"unknown instruction pool '{src.instructions}': "
+                                               f"{hint}known: {', '.join(sorted(POOLS))}"))
+        name = src.name or Path(src.path).stem
+        if name in names:
+            out.append((f"{key}.name", f"two sources are named '{name}' (sources {names[name]} and "
+                                       f"{i}): give each a distinct name"))
+        names.setdefault(name, i)
     return out
 
 
@@ -463,5 +561,7 @@ def to_dict(recipe: Recipe) -> dict:
 
 
 def dump(recipe: Recipe, path: str | os.PathLike) -> None:
-    """Write the resolved recipe; `load` of the result gives the same recipe."""
-    Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+    """Write the resolved recipe atomically; `load` of the result gives the same recipe."""
+    from medtune.fsutil import write_atomic
+
+    write_atomic(Path(path), yaml.safe_dump(to_dict(recipe), sort_keys=False))

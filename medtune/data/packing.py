@@ -11,7 +11,8 @@ into the fullest pack it still fits in; a sample is never split. Example with
     sample 4 (2) -> B                     B=[1,3,4]  free 0
 
 The plan orders packs by a seeded shuffle per epoch and deals each optimizer
-step's ``world * grad_accum`` packs to ranks so their token counts balance;
+step's ``packs_per_step`` (= ranks x accumulation) packs to ranks so their
+token counts balance;
 a short last step is filled with empty slots (``None``), which cost one
 token and carry no loss, so every rank runs the same number of micro-steps.
 """
@@ -49,17 +50,21 @@ class Step:
     slots: tuple[tuple[int | None, ...], ...]
 
 
-def plan_epoch(pack_tokens: Sequence[int], world: int, grad_accum: int, seed: int,
+def plan_epoch(pack_tokens: Sequence[int], packs_per_step: int, world: int, seed: int,
                epoch: int) -> list[Step]:
-    """The epoch's steps; the same on every rank for the same arguments."""
+    """The epoch's steps; the same on every rank for the same arguments.
+
+    Which packs form step ``i`` depends only on the seed, the epoch and
+    ``packs_per_step``, never on ``world``: a run resumed on another number
+    of ranks (same ``packs_per_step``) takes exactly the same packs in the
+    same steps, only dealt differently.
+    """
+    if packs_per_step % world:
+        raise ValueError(f"{packs_per_step} packs per step cannot be shared by {world} ranks")
     order = list(range(len(pack_tokens)))
     random.Random(f"{seed}:{epoch}").shuffle(order)
-    per_step = world * grad_accum
-    steps = []
-    for start in range(0, len(order), per_step):
-        chunk = order[start:start + per_step]
-        steps.append(_deal(chunk, pack_tokens, world, grad_accum))
-    return steps
+    return [_deal(order[start:start + packs_per_step], pack_tokens, world, packs_per_step // world)
+            for start in range(0, len(order), packs_per_step)]
 
 
 def _deal(chunk: list[int], pack_tokens: Sequence[int], world: int, grad_accum: int) -> Step:

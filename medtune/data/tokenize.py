@@ -24,6 +24,8 @@ class Encoded:
     labels: list[int]
     prompt_tokens: int
     truncated: bool
+    n_labels: int = 0
+    """Labelled positions after the first (the trainer ignores every sample's first label)."""
 
 
 def encode(r: Rendered, tokenizer, max_tokens: int) -> Encoded:
@@ -37,22 +39,64 @@ def encode_batch(rendered: list[Rendered], tokenizer, max_tokens: int) -> list[E
     Tokenizing the whole text (not the two halves apart) keeps the tokens
     exactly those the model sees, and the prompt's tokens are then exactly
     ``tokenizer(prompt)``, which is what generation feeds at evaluation.
+    A token is labelled when it starts at or after the first response
+    character and is not a special token the tokenizer added. With a fast
+    (Rust) tokenizer the boundary is found with one ``char_to_token`` call per
+    record instead of a pass over every token's offsets.
     """
-    out: list[Encoded] = []
     if not rendered:
-        return out
+        return []
     special = rendered[0].add_special_tokens
     assert all(r.add_special_tokens == special for r in rendered), "one template per batch"
-    enc = tokenizer([r.prompt + r.response for r in rendered], add_special_tokens=special,
-                    return_offsets_mapping=True)
-    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
-        ids = list(ids)
-        boundary = len(r.prompt)
-        labels = [tok if start >= boundary and end > start else IGNORE
-                  for tok, (start, end) in zip(ids, offsets)]
-        if r.append_eos:
-            ids.append(tokenizer.eos_token_id)
-            labels.append(tokenizer.eos_token_id)
-        prompt_tokens = next((i for i, lab in enumerate(labels) if lab != IGNORE), len(ids))
-        out.append(Encoded(ids[:max_tokens], labels[:max_tokens], prompt_tokens, len(ids) > max_tokens))
-    return out
+    texts = [r.prompt + r.response for r in rendered]
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(texts, add_special_tokens=special, return_attention_mask=False,
+                        return_token_type_ids=False)
+        return [_fast(r, ids, e, tokenizer, max_tokens)
+                for r, ids, e in zip(rendered, enc["input_ids"], enc.encodings)]
+    enc = tokenizer(texts, add_special_tokens=special, return_offsets_mapping=True)
+    return [_by_offsets(r, ids, offsets, tokenizer, max_tokens)
+            for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"])]
+
+
+def _fast(r: Rendered, ids: list[int], e, tokenizer, max_tokens: int) -> Encoded:
+    # `ids` is this call's own list: extended and cut in place (200k records
+    # hold tens of millions of ids, so every avoided copy counts).
+    n = len(ids)
+    boundary = len(r.prompt)
+    k = e.char_to_token(boundary)
+    if k is None:  # the boundary character belongs to no token (a normaliser dropped it)
+        k = next((i for i, span in enumerate(e.offsets) if span[0] >= boundary and span[1] > span[0]), n)
+    elif e.token_to_chars(k)[0] < boundary:  # a token straddling prompt and response
+        k += 1
+    end = n
+    while end > k and e.token_to_chars(end - 1) is None:  # special tokens the tokenizer appended
+        end -= 1
+    labels = [IGNORE] * k
+    labels += ids[k:end]
+    if end < n:
+        labels += [IGNORE] * (n - end)
+    spans = [(k, end)]  # labelled positions, [start, stop)
+    if r.append_eos:
+        ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
+        spans = [(k, n + 1)] if end == n else spans + [(n, n + 1)]
+    n_labels = sum(max(0, min(b, max_tokens) - max(a, 1)) for a, b in spans)
+    truncated = len(ids) > max_tokens
+    if truncated:
+        del ids[max_tokens:]
+        del labels[max_tokens:]
+    return Encoded(ids, labels, k, truncated, n_labels)
+
+
+def _by_offsets(r: Rendered, ids: list[int], offsets, tokenizer, max_tokens: int) -> Encoded:
+    ids = list(ids)
+    boundary = len(r.prompt)
+    labels = [tok if start >= boundary and end > start else IGNORE
+              for tok, (start, end) in zip(ids, offsets)]
+    if r.append_eos:
+        ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
+    prompt_tokens = next((i for i, lab in enumerate(labels) if lab != IGNORE), len(ids))
+    n_labels = sum(1 for x in labels[1:max_tokens] if x != IGNORE)
+    return Encoded(ids[:max_tokens], labels[:max_tokens], prompt_tokens, len(ids) > max_tokens, n_labels)

@@ -1,6 +1,7 @@
 """Load the recipe's tokenizer, or train a small sentencepiece one for tiny models."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -50,12 +51,16 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=out.parent))
     try:
+        # Written through model_writer, not model_prefix, so the model holds no
+        # temporary path and the same data always gives the same bytes.
+        model = io.BytesIO()
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(list(texts)), model_prefix=str(tmp / "tokenizer"),
+            sentence_iterator=iter(list(texts)), model_writer=model,
             vocab_size=vocab_size, model_type="bpe", byte_fallback=True, split_digits=True,
             hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             normalization_rule_name="identity", remove_extra_whitespaces=False,
             num_threads=1, minloglevel=2)
+        (tmp / "tokenizer.model").write_bytes(model.getvalue())
         # transformers reads `dir/tokenizer.model`; `LlamaTokenizer(vocab_file=...)`
         # would silently give an empty 3-token vocabulary.
         tok = LlamaTokenizer.from_pretrained(str(tmp), add_bos_token=True, add_eos_token=False)

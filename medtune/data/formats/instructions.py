@@ -1,7 +1,9 @@
 """Generic instruction data: JSON Lines (one object per line) or a JSON list.
 
 Each object needs ``instruction`` and ``output`` strings; ``input`` may be
-empty or absent and ``task`` names the task for statistics::
+empty or absent, ``task`` names the task for statistics and ``source`` the
+sub-source of a mixed set (ChatDoctor's ``HealthCareMagic-100k.json`` and
+PMC-LLaMA's instructions read as they are)::
 
     {"instruction": "Answer yes, no or maybe.", "input": "Context: ...", "output": "yes", "task": "qa"}
 """
@@ -11,11 +13,19 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from medtune.data.formats.files import split_file
 from medtune.data.formats.records import Malformed, Record
 
+NAMES = ("{split}.jsonl", "{split}.json")
 
-def read(path: str) -> Iterator[Record | Malformed]:
-    p = Path(path)
+
+def files(path: str, split: str = "train") -> list[Path]:
+    return [split_file(path, split, NAMES)]
+
+
+def read(path: str, split: str = "train") -> Iterator[Record | Malformed]:
+    p = files(path, split)[0]
+    path = str(p)
     text = p.read_text(encoding="utf-8")
     if p.suffix == ".json" and text.lstrip().startswith("["):
         try:
@@ -24,7 +34,7 @@ def read(path: str) -> Iterator[Record | Malformed]:
             yield Malformed(path, err.lineno, f"bad JSON: {err.msg}")
             return
         for i, obj in enumerate(items, 1):
-            yield _record(obj, path, i)
+            yield record(obj, path, i)
         return
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -34,10 +44,11 @@ def read(path: str) -> Iterator[Record | Malformed]:
         except json.JSONDecodeError as err:
             yield Malformed(path, lineno, f"bad JSON: {err.msg}")
             continue
-        yield _record(obj, path, lineno)
+        yield record(obj, path, lineno)
 
 
-def _record(obj: Any, path: str, line: int) -> Record | Malformed:
+def record(obj: Any, path: str, line: int) -> Record | Malformed:
+    """A record from one ``{instruction, input, output[, task, source]}`` mapping."""
     if not isinstance(obj, dict):
         return Malformed(path, line, "not a JSON object")
     for key in ("instruction", "output"):
@@ -48,4 +59,6 @@ def _record(obj: Any, path: str, line: int) -> Record | Malformed:
     inp = obj.get("input") or ""
     if not isinstance(inp, str):
         return Malformed(path, line, "field 'input' is not a string")
-    return Record(obj["instruction"], inp, obj["output"], str(obj.get("task") or "generic"))
+    source = obj.get("source")
+    return Record(obj["instruction"], inp, obj["output"], str(obj.get("task") or "generic"),
+                  source=str(source) if source is not None else None)

@@ -1,0 +1,33 @@
+"""File-system helpers shared by the data cache and checkpoints: locks and atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path):
+    """Hold an exclusive lock on `lock_path` (created if needed) for the duration of the block.
+
+    Processes (ranks, nodes on a shared file system) serialize on it: the
+    first builds, the others wait and then find the result.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
