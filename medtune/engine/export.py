@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 
+from medtune.errors import UserError
+
 HF_DIR = "hf"  # RUN_DIR/hf: config, generation config and tokenizer, written at start
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """An export that would not load, or would load as the wrong model."""
 
 

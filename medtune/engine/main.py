@@ -2,22 +2,24 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
 
-from medtune import config
+from medtune import config, exitcodes
 from medtune.launcher.env import discover
 
 
-def main(recipe_path: str, run_dir: str) -> int:
-    """Build, train, export and always clean up, on one rank."""
+def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bool = False) -> int:
+    """Build, resume, train, export and always clean up, on one rank."""
     recipe = config.load(recipe_path)
     run = Path(run_dir)
     me = discover()
     os.environ.update(me.export())
     threads = recipe.launch.threads_per_proc or max(1, (os.cpu_count() or 1) // me.local_world)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    stop = _stop_on((signal.SIGTERM, signal.SIGUSR1))
 
     import torch
 
@@ -27,8 +29,13 @@ def main(recipe_path: str, run_dir: str) -> int:
     say = _say(me.rank)
 
     from medtune.data.prepare import prepare
+    from medtune.engine import checkpoint
 
-    prepared = prepare(recipe, recipe_path, log=say)  # before any collective: no timeout to outlive
+    # Everything that may take long happens before the process group exists,
+    # so no collective timeout can expire while ranks wait for it.
+    prepared = prepare(recipe, recipe_path, log=say)
+    start, state, universal = plan_resume(recipe, run, resume, allow_changed, data_digest(prepared),
+                                          me.world, say)
 
     import deepspeed
     import deepspeed.comm as dist
@@ -42,7 +49,7 @@ def main(recipe_path: str, run_dir: str) -> int:
     log = None
     try:
         from medtune.data.tokenizer import load as load_tokenizer
-        from medtune.engine import checkpoint, export, model, trainer, zero
+        from medtune.engine import export, model, trainer, zero
         from medtune.engine.metrics import MetricsLog
 
         set_seed(recipe.train.seed)
@@ -50,26 +57,39 @@ def main(recipe_path: str, run_dir: str) -> int:
         bf16 = recipe.model.dtype == "bf16" or (recipe.model.dtype == "auto" and on_gpu
                                                 and torch.cuda.is_bf16_supported())
         hf_cfg = model.hf_config(recipe.model)
-        ds_cfg = zero.build_config(recipe, me.world, hf_cfg.hidden_size, bf16)
+        if len(tokenizer) > hf_cfg.vocab_size:
+            raise config.RecipeError([f"{recipe_path}: model: the tokenizer has {len(tokenizer)} tokens "
+                                      f"but the model's vocab_size is {hf_cfg.vocab_size}"])
+        ds_cfg = zero.build_config(recipe, me.world, hf_cfg.hidden_size, bf16,
+                                   grad_accum=state.packs_per_step // me.world,
+                                   load_universal=universal is not None)
         net = model.build(recipe.model, ds_cfg, torch.bfloat16 if bf16 else torch.float32)
         if me.rank == 0:
-            _write_run_files(run, recipe, ds_cfg, net, tokenizer)
+            _write_run_files(run, ds_cfg, net, tokenizer)
         data = trainer.PackedData.build(prepared.dataset, recipe.data.max_tokens,
                                         tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                                         else tokenizer.eos_token_id)
         optimizer = torch.optim.AdamW(model.param_groups(net, recipe.train.weight_decay),
                                       lr=recipe.train.lr, betas=recipe.train.adam_betas,
                                       eps=recipe.train.adam_eps, fused=on_gpu or None)
-        steps = trainer.total_steps(recipe, data, me.world)
+        steps = trainer.total_steps(recipe, data, state.packs_per_step)
         engine, *_ = deepspeed.initialize(model=net, optimizer=optimizer, config=ds_cfg,
                                           lr_scheduler=_scheduler(recipe, steps))
-        log = MetricsLog(run, me.rank, recipe.logging.tensorboard)
-        state = checkpoint.TrainerState(world=me.world)
+        if start is not None:
+            fresh = state
+            state = checkpoint.load(engine, start, universal, me.rank)
+            state.world, state.recipe, state.data_fingerprint = me.world, fresh.recipe, fresh.data_fingerprint
+        log = MetricsLog(run, me.rank, recipe.logging.tensorboard, resume_step=state.global_step)
 
         def save(s):
-            return checkpoint.save(engine, run, s, me.rank)
+            return checkpoint.save(engine, run, s, me.rank, recipe.train.keep_last)
 
-        state = trainer.run(engine, data, recipe, me.rank, me.world, state, log, save, say)
+        ended = trainer.run(engine, data, recipe, me.rank, me.world, state, log, save,
+                            lambda: stop["signum"] != 0, say)
+        if ended == "signal":
+            return exitcodes.PREEMPTED
+        if ended == "bad_loss":
+            return exitcodes.BAD_LOSS
         save(state)
         if recipe.train.export:
             ids, logits = trainer.probe_logits(engine, data)
@@ -79,12 +99,60 @@ def main(recipe_path: str, run_dir: str) -> int:
 
                 save_file({"input_ids": ids, "logits": logits}, str(run / "probe.safetensors"))
                 say(f"export written and verified: {run / 'export'}")
-        return 0
+        return exitcodes.OK
     finally:
         if log is not None:
             log.close()
         dist.barrier()
         dist.destroy_process_group()
+
+
+def data_digest(prepared) -> str:
+    """What identifies the prepared data for resuming: its tokens, not how they were cached."""
+    return prepared.stats.get("content_digest", prepared.fingerprint)
+
+
+def plan_resume(recipe, run: Path, resume: str, allow_changed: bool, data_fingerprint: str,
+                world: int, say):
+    """Which checkpoint to start from, the state to start with, and its universal form if needed.
+
+    Raises `ResumeError` (before any process group exists) when the recipe
+    changed, the checkpoint cannot be shared by `world` ranks, or ``none``
+    would overwrite existing checkpoints.
+    """
+    from medtune.engine import checkpoint
+
+    fields = checkpoint.training_fields(recipe)
+    fresh = checkpoint.TrainerState(world=world, packs_per_step=world * recipe.train.grad_accum,
+                                    recipe=fields, data_fingerprint=data_fingerprint)
+    start = checkpoint.resolve(run, resume)
+    if start is None:
+        say(f"starting fresh in {run}")
+        return None, fresh, None
+    saved = checkpoint.read_state(start)
+    if not allow_changed:
+        checkpoint.check_unchanged(saved, fields, data_fingerprint, start)
+    fresh.packs_per_step = saved.packs_per_step
+    checkpoint.elastic_accum(saved.packs_per_step, world, start)
+    universal = None
+    if saved.world != world:
+        say(f"resuming {start} (written by {saved.world} ranks) on {world} ranks through a "
+            "universal checkpoint")
+        universal = checkpoint.to_universal(start)
+    say(f"resuming from {start} at step {saved.global_step} (epoch {saved.epoch}, "
+        f"{saved.consumed_samples} samples consumed)")
+    return start, fresh, universal
+
+
+def _stop_on(signals) -> dict:
+    """Record a stop request; the trainer finishes the step, saves and exits."""
+    flag = {"signum": 0}
+
+    def handler(signum, _frame):
+        flag["signum"] = signum
+    for s in signals:
+        signal.signal(s, handler)
+    return flag
 
 
 def _scheduler(recipe: config.Recipe, steps: int):
@@ -97,7 +165,7 @@ def _scheduler(recipe: config.Recipe, steps: int):
     return lambda opt: get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=steps)
 
 
-def _write_run_files(run: Path, recipe, ds_cfg: dict, net, tokenizer) -> None:
+def _write_run_files(run: Path, ds_cfg: dict, net, tokenizer) -> None:
     """What a later export or resume needs: the model config and tokenizer, the configs used."""
     import copy
     import json

@@ -6,14 +6,17 @@ import json
 from medtune.config import Recipe
 
 
-def build_config(recipe: Recipe, world: int, hidden_size: int, bf16: bool) -> dict:
+def build_config(recipe: Recipe, world: int, hidden_size: int, bf16: bool,
+                 grad_accum: int | None = None, load_universal: bool = False) -> dict:
     """A complete DeepSpeed config for `recipe` on `world` ranks.
 
     Bucket, prefetch and persistence sizes follow the usual rules of thumb
     (hidden², 0.9·hidden², 10·hidden) unless the recipe sets them. A user's
     own DeepSpeed JSON replaces the generated ZeRO block; batch sizes,
     accumulation, clipping and precision always come from the recipe so the
-    two can never disagree.
+    two can never disagree. `grad_accum` overrides the recipe's when a run
+    resumes on another number of ranks (the global batch stays the same);
+    `load_universal` reads a universal checkpoint written by any world size.
     """
     z = recipe.zero
     h2 = hidden_size * hidden_size
@@ -43,10 +46,11 @@ def build_config(recipe: Recipe, world: int, hidden_size: int, bf16: bool) -> di
             raise ValueError(f"{z.deepspeed_config}: zero_optimization.stage = {zero.get('stage')}: "
                              "medtune trains with ZeRO stage 3")
     t = recipe.train
+    accum = grad_accum or t.grad_accum
     cfg.update({
         "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": t.grad_accum,
-        "train_batch_size": world * t.grad_accum,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": world * accum,
         "gradient_clipping": t.max_grad_norm,
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
@@ -55,4 +59,6 @@ def build_config(recipe: Recipe, world: int, hidden_size: int, bf16: bool) -> di
         "steps_per_print": 1 << 60,
         "wall_clock_breakdown": False,
     })
+    if load_universal:
+        cfg["checkpoint"] = {**cfg.get("checkpoint", {}), "load_universal": True}
     return cfg

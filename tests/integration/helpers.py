@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,11 @@ from tests.conftest import RECIPES
 TINY_LLAMA = yaml.safe_load((RECIPES / "models" / "tiny-llama.yaml").read_text())["model"]["config"]
 
 
-def medtune(*args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+def medtune(*args: str, timeout: int = 600, check: bool = True,
+            env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``medtune ARGS`` in a subprocess; on failure the assertion shows its output."""
     proc = subprocess.run([sys.executable, "-m", "medtune.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, **(env_extra or {})})
     if check:
         assert proc.returncode == 0, f"medtune {' '.join(args)} exited {proc.returncode}:\n" \
                                      f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"

@@ -65,7 +65,7 @@ def reference_weights(recipe_path: Path, init: Path) -> dict[str, torch.Tensor]:
                             betas=t.adam_betas, eps=t.adam_eps)
     sched = get_scheduler(t.scheduler, opt, num_warmup_steps=t.warmup_steps,
                           num_training_steps=total_steps(recipe, data, WORLD))
-    plan = plan_epoch(data.pack_tokens, WORLD, ACCUM, recipe.data.seed, epoch=0)
+    plan = plan_epoch(data.pack_tokens, WORLD * ACCUM, WORLD, recipe.data.seed, epoch=0)
     for step in plan[:STEPS]:
         ids = [i for slots in step.slots for p in slots if p is not None for i in data.packs[p]]
         rows = data.dataset[ids]

@@ -32,7 +32,7 @@ def test_sample_over_budget_is_refused():
 @pytest.mark.parametrize("world,accum", [(1, 1), (2, 2), (3, 1), (8, 4)])
 def test_plan_uses_every_pack_once_per_epoch(world, accum):
     tokens = [random.Random(1).randint(100, 512) for _ in range(37)]
-    steps = plan_epoch(tokens, world, accum, seed=3, epoch=0)
+    steps = plan_epoch(tokens, world * accum, world, seed=3, epoch=0)
     used = [p for s in steps for slots in s.slots for p in slots if p is not None]
     assert sorted(used) == list(range(37))
     assert all(len(s.slots) == world and all(len(r) == accum for r in s.slots) for s in steps)
@@ -41,14 +41,29 @@ def test_plan_uses_every_pack_once_per_epoch(world, accum):
 
 def test_plan_is_seeded_and_reshuffled_per_epoch():
     tokens = list(range(100, 140))
-    a = plan_epoch(tokens, 2, 2, seed=0, epoch=0)
-    assert a == plan_epoch(tokens, 2, 2, seed=0, epoch=0)
-    assert a != plan_epoch(tokens, 2, 2, seed=0, epoch=1)
-    assert a != plan_epoch(tokens, 2, 2, seed=1, epoch=0)
+    a = plan_epoch(tokens, 4, 2, seed=0, epoch=0)
+    assert a == plan_epoch(tokens, 4, 2, seed=0, epoch=0)
+    assert a != plan_epoch(tokens, 4, 2, seed=0, epoch=1)
+    assert a != plan_epoch(tokens, 4, 2, seed=1, epoch=0)
 
 
 def test_ranks_get_balanced_tokens_within_a_step():
     tokens = [512, 500, 100, 90, 480, 60, 470, 50]
-    (step,) = plan_epoch(tokens, 2, 4, seed=0, epoch=0)
+    (step,) = plan_epoch(tokens, 8, 2, seed=0, epoch=0)
     loads = [sum(tokens[p] for p in r) for r in step.slots]
     assert abs(loads[0] - loads[1]) <= 50
+
+
+def test_steps_hold_the_same_packs_whatever_the_world_size():
+    tokens = [random.Random(i).randint(50, 512) for i in range(41)]
+    by_world = {w: plan_epoch(tokens, 8, w, seed=5, epoch=2) for w in (1, 2, 4, 8)}
+    for w, steps in by_world.items():
+        packs = [sorted(p for r in s.slots for p in r if p is not None) for s in steps]
+        ref = [sorted(p for r in s.slots for p in r if p is not None) for s in by_world[1]]
+        assert packs == ref, w
+        assert all(len(s.slots) == w and len(s.slots[0]) == 8 // w for s in steps)
+
+
+def test_uneven_sharing_is_refused():
+    with pytest.raises(ValueError, match="cannot be shared by 3 ranks"):
+        plan_epoch([10] * 8, 4, 3, seed=0, epoch=0)

@@ -1,0 +1,210 @@
+"""Resume for real: 2-rank ZeRO-3 runs killed, signalled, held mid-save and resumed on 1, 2 or 4 ranks.
+
+Every interrupted run is compared with one uninterrupted run of the same
+recipe: same world size means bit-identical weights and per-step losses;
+another world size (the global batch is kept) means losses within 1e-4 and
+the same samples in the same steps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from medtune import exitcodes
+from medtune.engine.checkpoint import FAIL_SAVE_ENV, HOLD_SAVE_ENV, MARKER, latest
+from medtune.engine.trainer import NAN_ENV
+from tests.conftest import RECIPES
+from tests.integration.helpers import load_weights, medtune, metrics, save_tiny_model, write_recipe
+
+STEPS, SAVE_EVERY = 12, 4
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("resume")
+    return write_recipe(tmp / "resume.yaml", {
+        "base": [str(RECIPES / "models" / "tiny-llama.yaml"), str(RECIPES / "data" / "demo.yaml")],
+        "data": {"max_tokens": 512},
+        # weight decay on: a universal checkpoint must keep biases and norms undecayed
+        "train": {"max_steps": STEPS, "save_every": SAVE_EVERY, "grad_accum": 2, "lr": 2e-3,
+                  "warmup_steps": 2, "seed": 0, "weight_decay": 0.1},
+        "launch": {"procs": 2},
+        "logging": {"progress": False},
+    })
+
+
+@pytest.fixture(scope="module")
+def baseline(recipe, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("baseline") / "run"
+    medtune("train", str(recipe), "--run-dir", str(run))
+    return run
+
+
+def start(recipe: Path, run: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "medtune.cli", "train", str(recipe), "--run-dir",
+                             str(run), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, env={**os.environ, **(env or {})})
+
+
+def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> int:
+    """Block until the run has logged `step`; return the last step logged."""
+    end = time.time() + timeout
+    while time.time() < end:
+        f = run / "metrics.jsonl"
+        done = len(f.read_text().splitlines()) if f.exists() else 0
+        if done >= step:
+            return done
+        assert proc.poll() is None, f"run ended early:\n{proc.stdout.read()[-4000:]}"
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} not reached")
+
+
+def assert_same_run(run: Path, baseline: Path) -> None:
+    got, want = load_weights(run / "export"), load_weights(baseline / "export")
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), f"{k} differs from the uninterrupted run"
+    assert [m["train/loss"] for m in metrics(run)] == [m["train/loss"] for m in metrics(baseline)]
+
+
+def test_sigkill_then_resume_auto_is_bit_identical(recipe, baseline, tmp_path):
+    run = tmp_path / "run"
+    proc = start(recipe, run)
+    kill_at = random.Random(os.getpid()).randint(SAVE_EVERY + 1, STEPS - 2)
+    wait_for_step(run, kill_at, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest(run) is not None
+    saved = latest(run)
+    out = medtune("train", str(recipe), "--run-dir", str(run))  # --resume auto is the default
+    assert f"resuming from {saved} at step {int(saved.name[5:])}" in out.stderr
+    assert_same_run(run, baseline)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_signal_checkpoints_the_current_step_and_exits_75(recipe, baseline, tmp_path, signum):
+    run = tmp_path / "run"
+    proc = start(recipe, run)
+    sent_at = wait_for_step(run, 6, proc)
+    proc.send_signal(signum)  # to `medtune train`, as Slurm or a user would
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == exitcodes.PREEMPTED, out[-3000:]
+    last = len(metrics(run))
+    assert sent_at <= last < STEPS
+    assert latest(run).name == f"step-{last:08d}", "the checkpoint is not of the step in progress"
+    medtune("train", str(recipe), "--run-dir", str(run))
+    assert_same_run(run, baseline)
+
+
+def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(recipe, baseline, tmp_path):
+    run = tmp_path / "run"
+    proc = start(recipe, run, env={HOLD_SAVE_ENV: str(2 * SAVE_EVERY)})
+    held = run / "checkpoints" / f"step-{2 * SAVE_EVERY:08d}" / ".held"
+    end = time.time() + 300
+    while not held.exists():
+        assert time.time() < end and proc.poll() is None
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest(run).name == f"step-{SAVE_EVERY:08d}"
+    assert not (held.parent / MARKER).exists()
+    assert (run / "checkpoints" / "latest").read_text() == f"step-{SAVE_EVERY:08d}"
+    out = medtune("train", str(recipe), "--run-dir", str(run))
+    assert f"step-{SAVE_EVERY:08d} at step {SAVE_EVERY}" in out.stderr
+    assert_same_run(run, baseline)
+
+
+def test_failed_checkpoint_write_is_a_clear_error_and_keeps_the_previous(recipe, tmp_path):
+    run = tmp_path / "run"
+    out = medtune("train", str(recipe), "--run-dir", str(run), env_extra={FAIL_SAVE_ENV: "8"},
+                  check=False)
+    assert out.returncode != 0
+    assert "No space left on device" in out.stdout + out.stderr
+    assert f"the previous checkpoint {run / 'checkpoints' / 'step-00000004'} is intact" \
+        in out.stdout + out.stderr
+    assert latest(run).name == "step-00000004"
+
+
+def _resume_copy(baseline: Path, at: int, dest: Path) -> Path:
+    """A run directory as an interrupted run would have left it at checkpoint `at`."""
+    (dest / "checkpoints").mkdir(parents=True)
+    shutil.copytree(baseline / "checkpoints" / f"step-{at:08d}", dest / "checkpoints" / f"step-{at:08d}")
+    for name in ("metrics.jsonl", "data_order.jsonl"):
+        shutil.copy(baseline / name, dest / name)
+    return dest
+
+
+def assert_same_data_and_close_losses(run: Path, reference: Path, after: int) -> None:
+    order = [json.loads(line) for line in (run / "data_order.jsonl").read_text().splitlines()]
+    ref_order = [json.loads(line) for line in (reference / "data_order.jsonl").read_text().splitlines()]
+    assert [o["step"] for o in order] == list(range(1, STEPS + 1))
+    assert [o["samples"] for o in order] == [o["samples"] for o in ref_order]
+    seen = [s for o in order if o["epoch"] == 0 for s in o["samples"]]
+    assert len(seen) == len(set(seen)), "a sample was seen twice in one epoch"
+    got, want = metrics(run), metrics(reference)
+    for g, w in zip(got[after:], want[after:]):
+        assert abs(g["train/loss"] - w["train/loss"]) <= 1e-4 * abs(w["train/loss"]), (g, w)
+
+
+@pytest.mark.parametrize("procs", [1, 4])
+def test_elastic_resume_from_two_ranks(recipe, baseline, tmp_path, procs):
+    run = _resume_copy(baseline, SAVE_EVERY, tmp_path / "run")
+    out = medtune("train", str(recipe), "--run-dir", str(run), f"launch.procs={procs}")
+    assert "universal checkpoint" in out.stderr
+    assert_same_data_and_close_losses(run, baseline, after=SAVE_EVERY)
+
+
+def test_elastic_resume_from_one_rank_to_two(recipe, baseline, tmp_path):
+    # one rank accumulating 4 packs takes the baseline's global batch (2 ranks x 2)
+    single = tmp_path / "single"
+    medtune("train", str(recipe), "--run-dir", str(single), "launch.procs=1", "train.grad_accum=4")
+    assert_same_data_and_close_losses(single, baseline, after=0)
+    run = _resume_copy(single, SAVE_EVERY, tmp_path / "run")
+    out = medtune("train", str(recipe), "--run-dir", str(run), "launch.procs=2", "train.grad_accum=4")
+    assert "universal checkpoint" in out.stderr
+    assert_same_data_and_close_losses(run, baseline, after=SAVE_EVERY)
+
+
+def test_changed_recipe_is_refused_naming_the_key(recipe, baseline, tmp_path):
+    run = _resume_copy(baseline, SAVE_EVERY, tmp_path / "run")
+    out = medtune("train", str(recipe), "--run-dir", str(run), "train.lr=1e-3", check=False)
+    assert out.returncode == exitcodes.USAGE
+    (line,) = [x for x in out.stderr.splitlines() if "error" in x]
+    assert "train.lr: 0.002 -> 0.001" in line and "--allow-changed" in line
+    assert not (run / "logs").exists(), "ranks were started for a refused resume"
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    init = save_tiny_model(tmp_path / "init", seed=1)
+    recipe = write_recipe(tmp_path / "nan.yaml", {
+        "base": str(RECIPES / "data" / "demo.yaml"),
+        "model": {"name_or_path": str(init), "dtype": "fp32"},
+        "data": {"max_tokens": 512},
+        "train": {"max_steps": STEPS, "grad_accum": 2, "lr": 2e-3, "max_bad_steps": 3},
+        "launch": {"procs": 2}, "logging": {"progress": False},
+    })
+    run = tmp_path / "run"
+    out = medtune("train", str(recipe), "--run-dir", str(run), env_extra={NAN_ENV: "1,2,3,4"},
+                  check=False)
+    assert out.returncode == exitcodes.BAD_LOSS, out.stderr[-3000:]
+    assert "stopping: 3 non-finite steps in a row" in out.stdout  # what the ranks printed
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/skipped_steps")] == [(1, 1), (2, 2), (3, 3)]
+    assert latest(run).name == "step-00000003"
+    # usable: it exports, and no update was applied, so it holds exactly the initial weights
+    medtune("export", str(run), "--out", str(tmp_path / "export"))
+    initial, saved = load_weights(init), load_weights(tmp_path / "export")
+    assert all(torch.equal(saved[k], initial[k]) for k in saved)

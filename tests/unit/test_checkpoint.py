@@ -1,0 +1,76 @@
+"""Checkpoint bookkeeping without processes: retention, resume choice, recipe changes, elasticity."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medtune import config
+from medtune.engine.checkpoint import (MARKER, ResumeError, TrainerState, check_unchanged,
+                                       elastic_accum, latest, prune, resolve, training_fields)
+from tests.conftest import RECIPES
+
+
+def _ckpt(run: Path, step: int, complete: bool = True) -> Path:
+    p = run / "checkpoints" / f"step-{step:08d}"
+    p.mkdir(parents=True)
+    if complete:
+        (p / MARKER).write_text("")
+    return p
+
+
+def test_latest_ignores_incomplete(tmp_path):
+    _ckpt(tmp_path, 4)
+    _ckpt(tmp_path, 8, complete=False)
+    assert latest(tmp_path).name == "step-00000004"
+    assert resolve(tmp_path, "auto").name == "step-00000004"
+
+
+def test_retention_never_deletes_the_newest_complete(tmp_path):
+    for s in (2, 4, 6):
+        _ckpt(tmp_path, s)
+    _ckpt(tmp_path, 5, complete=False)
+    _ckpt(tmp_path, 8, complete=False)  # a save in progress
+    prune(tmp_path / "checkpoints", keep_last=1)
+    left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert left == ["step-00000006", "step-00000008"]
+    prune(tmp_path / "checkpoints", keep_last=None)
+    assert latest(tmp_path).name == "step-00000006"
+
+
+def test_resume_none_refuses_to_overwrite(tmp_path):
+    _ckpt(tmp_path, 4)
+    with pytest.raises(ResumeError, match="would overwrite"):
+        resolve(tmp_path, "none")
+    assert resolve(tmp_path / "empty", "none") is None
+
+
+def test_resume_path_must_be_complete(tmp_path):
+    ck = _ckpt(tmp_path, 4, complete=False)
+    with pytest.raises(ResumeError, match="not a complete checkpoint"):
+        resolve(tmp_path, str(ck))
+    assert resolve(tmp_path / "x", str(_ckpt(tmp_path, 6))).name == "step-00000006"
+
+
+def test_changed_recipe_names_the_key_and_new_fields_are_tolerated():
+    old = training_fields(config.load(RECIPES / "demo.yaml"))
+    state = TrainerState(recipe=old, data_fingerprint="abc")
+    check_unchanged(state, old, "abc", Path("c"))
+    check_unchanged(state, {**old, "train.some_new_field": 1}, "abc", Path("c"))
+    check_unchanged(state, training_fields(config.load(RECIPES / "demo.yaml", ["launch.procs=4"])),
+                    "abc", Path("c"))
+    new = training_fields(config.load(RECIPES / "demo.yaml", ["train.lr=1e-4"]))
+    with pytest.raises(ResumeError, match=r"train.lr: 0.003 -> 0.0001"):
+        check_unchanged(state, new, "abc", Path("c"))
+    with pytest.raises(ResumeError, match="prepared data: abc -> xyz"):
+        check_unchanged(state, old, "xyz", Path("c"))
+
+
+@pytest.mark.parametrize("packs,world,accum", [(4, 1, 4), (4, 2, 2), (4, 4, 1)])
+def test_elastic_accumulation_keeps_the_global_batch(packs, world, accum):
+    assert elastic_accum(packs, world, Path("c")) == accum
+
+
+def test_elastic_refuses_uneven_sharing():
+    with pytest.raises(ResumeError, match="cannot share evenly"):
+        elastic_accum(4, 3, Path("c"))
