@@ -12,8 +12,10 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
+from medtune.errors import UserError
 
-class DiscoveryError(RuntimeError):
+
+class DiscoveryError(UserError):
     """No launcher told this process its rank, or two told it different ones."""
 
 
