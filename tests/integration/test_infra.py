@@ -75,7 +75,8 @@ def test_slurm_preempt_requeue_release_resume(slurm_cluster: SlurmCluster, tmp_p
     info = slurm_cluster.wait_state(job, "COMPLETED", timeout=45)
     assert info["Restarts"] == "1"
     text = out.read_text()
-    assert text.splitlines() == ["start restart_count=0", "waiting", "got USR1",
+    # slurmstepd may add its own "CANCELLED ... DUE TO JOB REQUEUE" line, depending on timing
+    assert [ln for ln in text.splitlines() if not ln.startswith("slurmstepd")] == ["start restart_count=0", "waiting", "got USR1",
                                  "start restart_count=1", "resumed from saved-step-7"], text
 
 
