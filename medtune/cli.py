@@ -1,4 +1,4 @@
-"""The ``medtune`` command: prepare | train | launch | export.
+"""The ``medtune`` command: prepare | train | launch | slurm | doctor | export.
 
 Verbs import what they need inside, so ``medtune --help`` and recipe
 validation never wait for torch, deepspeed or transformers.
@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     slurm.add_argument("--out", help="where to write the script (default RUN_DIR/job.sbatch)")
     slurm.add_argument("--submit", action="store_true", help="submit it with sbatch and print the job id")
 
+    doctor = verbs.add_parser("doctor", help="what this node has; exit 1 on what would stop a launch")
+    doctor.add_argument("--hostfile", help="also check the hostfile and ssh to each host")
+
     exp = verbs.add_parser("export", help="write a Hugging Face export from a run or checkpoint")
     exp.add_argument("source", help="a run directory (its newest checkpoint) or a checkpoint directory")
     exp.add_argument("--out", required=True, help="export directory")
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         verbs = {"prepare": _prepare, "train": _train, "launch": _launch, "slurm": _slurm,
-                 "export": _export}
+                 "doctor": _doctor, "export": _export}
         return verbs[args.verb](args)
     except config.RecipeError as err:
         for line in err.problems:
@@ -179,7 +182,7 @@ def _launch(args) -> int:
             print(f"# {path} (written at launch):")
             print(text, end="")
         return exitcodes.OK
-    return _run(plan, args, run_dir)
+    return _run(plan, args, run_dir, first_rank=(args.node_rank or 0) * recipe.launch.procs)
 
 
 def _slurm(args) -> int:
@@ -199,14 +202,22 @@ def _slurm(args) -> int:
                          tasks=recipe.launch.slurm_tasks, grace_seconds=args.grace)
     script = slurm.render(job)
     out = Path(args.out).resolve() if args.out else run_dir / "job.sbatch"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)  # Slurm opens the job's output there
     config.dump(recipe, run_dir / "recipe.yaml")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(script)
     print(f"wrote {out}")
     if args.submit:
-        print(f"submitted job {slurm.submit(out)}")
+        print(f"submitted job {slurm.submit(out, job.job_name)}")
     return exitcodes.OK
+
+
+def _doctor(args) -> int:
+    from medtune import doctor
+
+    found = doctor.checks(Path(args.hostfile) if args.hostfile else None)
+    print(doctor.table(found))
+    return 1 if any(c.problem for c in found) else exitcodes.OK
 
 
 def _run_dir(args, recipe: config.Recipe) -> Path:
@@ -235,7 +246,7 @@ def _ready_to_start(args, recipe: config.Recipe, run_dir: Path, world: int) -> N
     config.dump(recipe, run_dir / "recipe.yaml")
 
 
-def _run(plan, args, run_dir: Path) -> int:
+def _run(plan, args, run_dir: Path, first_rank: int = 0) -> int:
     from medtune.launcher.deepspeed import execute
 
     print(f"[medtune] run directory: {run_dir}", file=sys.stderr)
@@ -245,8 +256,27 @@ def _run(plan, args, run_dir: Path) -> int:
         print(f"[medtune] stopped on request after a checkpoint (exit {code}); the same command "
               f"resumes it (--run-dir {run_dir})", file=sys.stderr)
     elif code != 0:
-        print(f"medtune: error: training exited with code {code}; see {plan.log}", file=sys.stderr)
+        failed = failed_rank(plan.log, first_rank)
+        print(f"medtune: error: training exited with code {code}{': ' + failed if failed else ''}; "
+              f"see {plan.log}", file=sys.stderr)
     return code
+
+
+def failed_rank(log: Path | None, first_rank: int = 0) -> str | None:
+    """Which rank failed first, from DeepSpeed's launcher log ("rank 3 was killed by SIGKILL")."""
+    import re
+    import signal
+
+    if log is None or not log.exists():
+        return None
+    text = log.read_bytes()[-200_000:].decode(errors="replace")
+    m = re.search(r"--local_rank=(\d+)'.*?exits with return code = (-?\d+)", text)
+    if not m:
+        return None
+    rank, code = first_rank + int(m.group(1)), int(m.group(2))
+    if code < 0:
+        return f"rank {rank} was killed by {signal.Signals(-code).name}"
+    return f"rank {rank} exited with code {code}"
 
 
 def _export(args) -> int:

@@ -53,10 +53,15 @@ class SlurmJob:
 
 def validate(job: SlurmJob) -> None:
     """Refuse values Slurm would misread, with the option that carries them."""
-    for name in ("job_name", "partition", "account", "time"):
+    if not job.job_name.strip() or any(c in job.job_name for c in "\n\r\0"):
+        raise SlurmError(f"--job-name {job.job_name!r}: must be one non-empty line")
+    # sbatch ends an #SBATCH value at the first blank and honours no quotes
+    for name in ("partition", "account", "time"):
         value = getattr(job, name)
-        if value is not None and (not value.strip() or any(c in value for c in "\n\r\0")):
-            raise SlurmError(f"--{name.replace('_', '-')} {value!r}: must be one non-empty line")
+        if value is not None and (not value or any(c.isspace() or c == "\0" for c in value)):
+            raise SlurmError(f"--{name} {value!r}: must be one word")
+    if any(c.isspace() for c in str(job.run_dir)):
+        raise SlurmError(f"--run-dir {str(job.run_dir)!r}: Slurm cannot take an output path with blanks")
     if job.time is not None and not _TIME.match(job.time):
         raise SlurmError(f"--time {job.time!r}: use Slurm's [D-]HH:MM:SS, MM:SS or minutes")
     if job.nodes < 1 or job.procs_per_node < 1 or job.gpus_per_node < 0:
@@ -76,19 +81,23 @@ def render(job: SlurmJob) -> str:
     validate(job)
     q = shlex.quote
     per_rank = job.tasks == "per_rank"
+
+
     head = [
         "#!/bin/bash",
-        f"#SBATCH --job-name={q(job.job_name)}",
+        # sbatch cuts #SBATCH values at the first blank; `submit` passes the
+        # exact name on sbatch's command line, which wins over this line
+        f"#SBATCH --job-name={'_'.join(job.job_name.split())}",
         f"#SBATCH --nodes={job.nodes}",
         f"#SBATCH --ntasks-per-node={job.procs_per_node if per_rank else 1}",
-        f"#SBATCH --output={q(str(job.run_dir / 'logs' / 'slurm-%j.out'))}",
+        f"#SBATCH --output={job.run_dir / 'logs' / 'slurm-%j.out'}",
         "#SBATCH --open-mode=append",
         "#SBATCH --requeue",
         f"#SBATCH --signal=B:USR1@{job.grace_seconds}",
     ]
     if job.gpus_per_node:
         head.append(f"#SBATCH --gpus-per-node={job.gpus_per_node}")
-    head += [f"#SBATCH --{k}={q(v)}" for k, v in
+    head += [f"#SBATCH --{k}={v}" for k, v in
              (("partition", job.partition), ("time", job.time), ("account", job.account)) if v]
     rank_cmd = [job.python, "-u", "-m", "medtune.engine.main", "--recipe", str(job.recipe_file),
                 "--run-dir", str(job.run_dir), "--resume", "auto"]
@@ -136,10 +145,10 @@ exit "$code"
     return "\n".join(head) + "\n" + body
 
 
-def submit(script: Path, env: dict[str, str] | None = None) -> str:
-    """``sbatch --parsable SCRIPT``: the job id, or a `SlurmError` with sbatch's message."""
-    done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True,
-                          env=env)
+def submit(script: Path, job_name: str, env: dict[str, str] | None = None) -> str:
+    """``sbatch --parsable --job-name NAME SCRIPT`` (no shell): the job id, or a `SlurmError`."""
+    done = subprocess.run(["sbatch", "--parsable", f"--job-name={job_name}", str(script)],
+                          capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SlurmError(f"sbatch {script} failed: {done.stderr.strip() or done.stdout.strip()}")
     return done.stdout.strip().split(";")[0]
