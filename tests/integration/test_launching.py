@@ -72,8 +72,15 @@ def test_slurm_preemption_checkpoints_requeues_and_resumes_identically(slurm_clu
         assert time.time() < end, slurm_cluster.diagnostics(job)
         time.sleep(0.1)
     slurm_cluster.signal_batch(job, "USR1")
-    info = slurm_cluster.wait_state(job, "PENDING", timeout=120)
-    assert info["Reason"] == "BeginTime", info
+    slurm_cluster.wait_state(job, "PENDING", timeout=120)
+    # The requeued job gets its ~165 s hold (Reason=BeginTime) a moment after it turns
+    # PENDING; released before the node has cleaned up the first run, slurmd refuses it
+    # ("Job credential revoked"), so wait for both, then release it.
+    end = time.time() + 60
+    while (slurm_cluster.job_info(job).get("Reason") != "BeginTime"
+           or "idle" not in slurm_cluster.node_state()) and time.time() < end:
+        time.sleep(0.5)
+    time.sleep(2)
     slurm_cluster.release(job)
     info = slurm_cluster.wait_state(job, "COMPLETED", timeout=300)
     assert info["Restarts"] == "1"
