@@ -1,9 +1,11 @@
 """Who am I? Rank, world size and rendezvous from whatever started this process.
 
 Sources, in order of precedence: torch/DeepSpeed variables (``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``), OpenMPI (``OMPI_COMM_WORLD_*``) and Slurm
+``WORLD_SIZE``, ``LOCAL_RANK``), OpenMPI (``OMPI_COMM_WORLD_*``), MVAPICH
+(``MV2_COMM_WORLD_*``), MPICH/Intel MPI (``PMI_RANK``, ``PMI_SIZE``), Slurm
 (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID`` inside an ``srun``
-step). Sources that describe the same world size must agree on the rank.
+step) and, when none is set and mpi4py is installed, MPI itself. Sources
+that describe the same world size must agree on the rank.
 """
 from __future__ import annotations
 
@@ -40,6 +42,9 @@ _SOURCES = {
     "torch": ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
     "openmpi": ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
                 "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    "mvapich": ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK",
+                "MV2_COMM_WORLD_LOCAL_SIZE"),
+    "pmi": ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),  # MPICH, Intel MPI
     "slurm": ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", None),
 }
 
@@ -59,6 +64,8 @@ def discover(environ: Mapping[str, str] | None = None) -> RankEnv:
             found.append((name, int(env[rk]), int(env[ws]), int(env.get(lr, "0")), local_world))
         except ValueError as err:
             raise DiscoveryError(f"{name} rank variables are not integers: {err}") from None
+    if not found and environ is None:
+        found = _from_mpi4py()
     if not found:
         raise DiscoveryError(
             "no launcher told this rank who it is: expected RANK/WORLD_SIZE (deepspeed, torchrun), "
@@ -75,6 +82,19 @@ def discover(environ: Mapping[str, str] | None = None) -> RankEnv:
     local_world = local_world or world
     return RankEnv(rank, world, local_rank, local_world, _master_addr(env, name, local_world == world),
                    int(env.get("MASTER_PORT", "29500")), name)
+
+
+def _from_mpi4py() -> list[tuple[str, int, int, int, int | None]]:
+    """Ask MPI itself, for launchers that set none of the variables above (needs mpi4py)."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return []
+    world = MPI.COMM_WORLD
+    if world.Get_size() == 1:
+        return []  # a singleton: not started by an MPI launcher
+    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    return [("mpi4py", world.Get_rank(), world.Get_size(), node.Get_rank(), node.Get_size())]
 
 
 def _slurm_tasks_on_node(env: Mapping[str, str]) -> int | None:

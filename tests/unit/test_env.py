@@ -48,3 +48,11 @@ def test_multi_node_without_master_is_an_error():
                                          ("node[1,4]", "node1")])
 def test_first_host(nodes, first):
     assert first_host(nodes) == first
+
+
+def test_mvapich_and_pmi_variables():
+    e = discover({"MV2_COMM_WORLD_RANK": "2", "MV2_COMM_WORLD_SIZE": "4",
+                  "MV2_COMM_WORLD_LOCAL_RANK": "0", "MV2_COMM_WORLD_LOCAL_SIZE": "2", "MASTER_ADDR": "h"})
+    assert (e.rank, e.world, e.local_world, e.source) == (2, 4, 2, "mvapich")
+    e = discover({"PMI_RANK": "1", "PMI_SIZE": "2"})
+    assert (e.rank, e.world, e.master_addr, e.source) == (1, 2, "127.0.0.1", "pmi")
