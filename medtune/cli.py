@@ -1,4 +1,4 @@
-"""The ``medtune`` command: prepare | train | launch | slurm | doctor | export.
+"""The ``medtune`` command: prepare | train | launch | slurm | plan | doctor | export.
 
 Verbs import what they need inside, so ``medtune --help`` and recipe
 validation never wait for torch, deepspeed or transformers.
@@ -63,13 +63,39 @@ def _parser() -> argparse.ArgumentParser:
     slurm.add_argument("--out", help="where to write the script (default RUN_DIR/job.sbatch)")
     slurm.add_argument("--submit", action="store_true", help="submit it with sbatch and print the job id")
 
+    plan = verbs.add_parser("plan", help="per-GPU memory of a recipe on N nodes of G GPUs")
+    plan.add_argument("recipe")
+    plan.add_argument("overrides", nargs="*", metavar="key=value")
+    plan.add_argument("--nodes", type=int, required=True)
+    plan.add_argument("--gpus-per-node", type=int, required=True)
+    plan.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU (default 80)")
+
     doctor = verbs.add_parser("doctor", help="what this node has; exit 1 on what would stop a launch")
     doctor.add_argument("--hostfile", help="also check the hostfile and ssh to each host")
 
     exp = verbs.add_parser("export", help="write a Hugging Face export from a run or checkpoint")
     exp.add_argument("source", help="a run directory (its newest checkpoint) or a checkpoint directory")
     exp.add_argument("--out", required=True, help="export directory")
+    _eval_parser(verbs)
     return p
+
+
+def _eval_parser(verbs) -> None:
+    ev = verbs.add_parser("eval", help="generate on held-out sets, score, and compare with the paper",
+                          description="Generate with the training prompt format on the held-out sets "
+                                      "of an evaluation recipe (recipes/eval/*.yaml), parse and score "
+                                      "the answers, and write OUT/results.json and OUT/results.md. "
+                                      "Under torchrun (RANK/WORLD_SIZE set) the ranks split the samples.")
+    ev.add_argument("--model", required=True, help="a Hugging Face model directory (e.g. RUN_DIR/export)")
+    ev.add_argument("--recipe", required=True, help="evaluation recipe, e.g. recipes/eval/shared-corpora.yaml")
+    ev.add_argument("--out", default="eval-results", help="report directory (default eval-results)")
+    ev.add_argument("--limit", type=int, help="score at most N samples per set")
+    ev.add_argument("--sets", help="comma-separated set names to run (default: all the recipe's)")
+    ev.add_argument("--max-new-tokens", type=int, help="override generation.max_new_tokens")
+    ev.add_argument("--num-beams", type=int, help="override generation.num_beams (1: greedy)")
+    ev.add_argument("--batch-size", type=int, help="override generation.batch_size")
+    ev.add_argument("--seed-compat", action="store_true",
+                    help="also report the seed's token-keyed NER score (repeated tokens collapse)")
 
 
 def _resume_args(p: argparse.ArgumentParser) -> None:
@@ -90,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         verbs = {"prepare": _prepare, "train": _train, "launch": _launch, "slurm": _slurm,
-                 "doctor": _doctor, "export": _export}
+                 "plan": _plan, "doctor": _doctor, "export": _export,
+                 "eval": _eval}
         return verbs[args.verb](args)
     except config.RecipeError as err:
         for line in err.problems:
@@ -212,6 +239,17 @@ def _slurm(args) -> int:
     return exitcodes.OK
 
 
+def _plan(args) -> int:
+    from medtune import plan
+
+    recipe = config.load(args.recipe, args.overrides, check_files=False)
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        raise UserError("--nodes and --gpus-per-node must be at least 1")
+    shape = plan.model_shape(plan.load_config(recipe.model))
+    print(plan.table(recipe, shape, args.nodes, args.gpus_per_node, args.gpu_mem))
+    return exitcodes.OK
+
+
 def _doctor(args) -> int:
     from medtune import doctor
 
@@ -295,6 +333,24 @@ def _export(args) -> int:
     export_checkpoint(ckpt, run_dir, Path(args.out).resolve())
     print(f"exported {ckpt} -> {args.out} (verified)")
     return 0
+
+
+def _eval(args) -> int:
+    from medtune.evaluation import sets
+    from medtune.evaluation.run import evaluate
+
+    overrides = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.num_beams),
+                                   ("batch_size", args.batch_size)) if v is not None}
+    recipe = sets.load(args.recipe, overrides)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: must be at least 1")
+    only = [x.strip() for x in args.sets.split(",") if x.strip()] if args.sets else None
+    out = Path(args.out).resolve()
+    results = evaluate(args.model, recipe, out, args.recipe, args.limit, only, args.seed_compat)
+    if results is not None:
+        print((out / "results.md").read_text())
+        print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return exitcodes.OK
 
 
 def rank_entry(argv: list[str]) -> int:

@@ -60,6 +60,8 @@ class ModelConfig:
     config: dict[str, Any] | None = None
     """Inline Hugging Face config (must hold ``model_type``) for a model built
     from scratch; used instead of ``name_or_path`` for tiny test models."""
+    family: str | None = None
+    """Architecture family (``medtune.families.FAMILIES``: llama, mistral, qwen2)."""
     tokenizer: str | None = None
     """Tokenizer hub id or directory; defaults to ``name_or_path``."""
     train_tokenizer: TokenizerTrain | None = None
@@ -254,7 +256,8 @@ class Recipe:
 # --------------------------------------------------------------------------
 
 def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
-         defaults: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = ()) -> Recipe:
+         defaults: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = (),
+         check_files: bool = True) -> Recipe:
     """Load, compose and validate a recipe; raise `RecipeError` listing every problem.
 
     `defaults` are recipe files that supply whole sections the recipe (with
@@ -276,10 +279,11 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
         key, value = _parse_override(item)
         _set_dotted(tree, key, value)
         origin[key] = COMMAND_LINE
-    return validate(tree, origin, default_file=str(path))
+    return validate(tree, origin, default_file=str(path), check_files=check_files)
 
 
-def validate(tree: dict, origin: dict[str, str], default_file: str) -> Recipe:
+def validate(tree: dict, origin: dict[str, str], default_file: str,
+             check_files: bool = True) -> Recipe:
     """Turn a merged tree into a `Recipe`, reporting every problem at once."""
     problems: list[str] = []
     try:
@@ -290,20 +294,29 @@ def validate(tree: dict, origin: dict[str, str], default_file: str) -> Recipe:
         raise RecipeError(problems) from None
     except TypeError as err:  # a section given as a scalar or a list
         raise RecipeError([f"{default_file}: {err}"]) from None
-    for key, msg in _cross_checks(recipe):
+    for key, msg in _cross_checks(recipe, check_files):
         problems.append(f"{_where(key, origin, default_file)}: {key}: {msg}")
     if problems:
         raise RecipeError(problems)
     return recipe
 
 
-def _cross_checks(r: Recipe) -> list[tuple[str, str]]:
+def _cross_checks(r: Recipe, check_files: bool = True) -> list[tuple[str, str]]:
     """Rules that span fields: (dotted key, message) for each broken one."""
     out = []
     m = r.model
     if (m.name_or_path is None) == (m.config is None):
         out.append(("model", "give exactly one of model.name_or_path (hub id or directory) "
                              "or model.config (an inline config for a model built from scratch)"))
+    from medtune.families import FAMILIES  # pure Python
+
+    if m.family is not None and m.family not in FAMILIES:
+        near = difflib.get_close_matches(m.family, FAMILIES, n=1)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        out.append(("model.family", f"unknown family '{m.family}': {hint}known: {', '.join(FAMILIES)}"))
+    elif m.family and m.config and m.config.get("model_type") != FAMILIES[m.family].model_type:
+        out.append(("model.config", f"model_type {m.config.get('model_type')!r} is not of family "
+                                    f"{m.family} ({FAMILIES[m.family].model_type})"))
     if m.config is not None and "model_type" not in m.config:
         out.append(("model.config", "an inline config needs model_type (e.g. llama, mistral, qwen2)"))
     if m.config is not None and m.tokenizer is None and m.train_tokenizer is None:
@@ -311,7 +324,7 @@ def _cross_checks(r: Recipe) -> list[tuple[str, str]]:
                                        "or model.train_tokenizer"))
     if not r.data.sources:
         out.append(("data.sources", "no data sources: add at least one {path, format}"))
-    out += _data_checks(r.data)
+    out += _data_checks(r.data, check_files)
     if r.zero.deepspeed_config is not None and not Path(r.zero.deepspeed_config).is_file():
         out.append(("zero.deepspeed_config", f"{r.zero.deepspeed_config} does not exist"))
     local_tok = m.tokenizer and _looks_local(m.tokenizer)
@@ -321,7 +334,7 @@ def _cross_checks(r: Recipe) -> list[tuple[str, str]]:
     return out
 
 
-def _data_checks(d: DataConfig) -> list[tuple[str, str]]:
+def _data_checks(d: DataConfig, check_files: bool = True) -> list[tuple[str, str]]:
     """Every source's reader, files, pool and reader-specific settings, before any work."""
     from medtune.data.formats import READERS, SETTINGS, SourceError, source_files  # pure Python
     from medtune.data.templates import POOLS
@@ -332,7 +345,7 @@ def _data_checks(d: DataConfig) -> list[tuple[str, str]]:
     for i, src in enumerate(d.sources):
         key = f"data.sources.{i}"
         unset = re.search(r"\$\{?(\w+)", src.path)
-        if unset:
+        if unset and check_files:
             out.append((f"{key}.path", f"{src.path[unset.start():]}: ${unset.group(1)} is not set "
                                        f"(export {unset.group(1)}=/path/to/your/corpora)"))
             continue
@@ -343,7 +356,7 @@ def _data_checks(d: DataConfig) -> list[tuple[str, str]]:
                         f"unknown reader '{src.format}': {hint}known: {', '.join(sorted(READERS))}"))
             continue
         try:
-            if READERS[src.format].local or Path(src.path).is_absolute():
+            if check_files and (READERS[src.format].local or Path(src.path).is_absolute()):
                 source_files(src.format, src.path, src.split)
         except SourceError as err:
             out.append((f"{key}.path", str(err)))

@@ -1,0 +1,62 @@
+"""Model families medtune knows, and the published configs of the models its recipes name.
+
+A plain registry: each family maps to a small spec with a shrunken config
+that every test and CPU smoke run builds from scratch, so each family is
+trained for real without downloading weights. ``PUBLISHED`` holds the
+architecture numbers of the hub models our recipes use, so ``medtune plan``
+works offline (it prefers the real ``config.json`` when it can load one).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    """transformers' ``model_type`` of the family."""
+    tiny: dict = field(default_factory=dict)
+    """A shrunken config (2 layers, hidden 64) built from scratch for CPU runs."""
+
+
+_TINY = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=1024, vocab_size=1000,
+             tie_word_embeddings=False)
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("llama", {"model_type": "llama", **_TINY}),
+    "mistral": Family("mistral", {"model_type": "mistral", **_TINY, "sliding_window": None}),
+    "qwen2": Family("qwen2", {"model_type": "qwen2", **_TINY}),
+}
+
+# From each model's config.json on the Hugging Face hub.
+PUBLISHED: dict[str, dict] = {
+    "meta-llama/Llama-2-7b-hf": dict(model_type="llama", hidden_size=4096, intermediate_size=11008,
+                                     num_hidden_layers=32, num_attention_heads=32,
+                                     num_key_value_heads=32, vocab_size=32000,
+                                     max_position_embeddings=4096, tie_word_embeddings=False),
+    "meta-llama/Llama-2-13b-hf": dict(model_type="llama", hidden_size=5120, intermediate_size=13824,
+                                      num_hidden_layers=40, num_attention_heads=40,
+                                      num_key_value_heads=40, vocab_size=32000,
+                                      max_position_embeddings=4096, tie_word_embeddings=False),
+    "meta-llama/Llama-3.1-8B": dict(model_type="llama", hidden_size=4096, intermediate_size=14336,
+                                    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                                    vocab_size=128256, max_position_embeddings=131072,
+                                    rope_theta=500000.0, tie_word_embeddings=False),
+    "meta-llama/Llama-3.2-1B": dict(model_type="llama", hidden_size=2048, intermediate_size=8192,
+                                    num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                                    vocab_size=128256, max_position_embeddings=131072,
+                                    rope_theta=500000.0, tie_word_embeddings=True),
+    "mistralai/Mistral-7B-v0.3": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336,
+                                      num_hidden_layers=32, num_attention_heads=32,
+                                      num_key_value_heads=8, vocab_size=32768,
+                                      max_position_embeddings=32768, sliding_window=None,
+                                      tie_word_embeddings=False),
+    "Qwen/Qwen2.5-7B": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944,
+                            num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                            vocab_size=152064, max_position_embeddings=131072,
+                            tie_word_embeddings=False),
+}
+PUBLISHED["meta-llama/Llama-2-7b-chat-hf"] = PUBLISHED["meta-llama/Llama-2-7b-hf"]
+PUBLISHED["meta-llama/Llama-2-13b-chat-hf"] = PUBLISHED["meta-llama/Llama-2-13b-hf"]
+PUBLISHED["meta-llama/Llama-3.1-8B-Instruct"] = PUBLISHED["meta-llama/Llama-3.1-8B"]
