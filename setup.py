@@ -29,6 +29,7 @@ setup(
         "numpy",
         "matplotlib>=3.7",  # lengths.png of `medtune prepare` (Agg backend, no display needed)
         "psutil",
+        "seqeval>=1.2",  # `medtune eval`: entity-level NER scores (strict IOB2)
     ],
     extras_require={
         "flash": ["flash-attn>=2.6"],

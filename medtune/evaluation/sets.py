@@ -1,0 +1,191 @@
+"""Evaluation recipes: which held-out sets to generate for, and how.
+
+An evaluation recipe (``recipes/eval/*.yaml``) is separate from a training
+recipe: it names held-out splits, read by the same readers as training
+(`medtune.data.formats.READERS`), and generation settings::
+
+    sets:
+      - {name: ncbi-disease-test, path: ../../../shared/data/ncbi_disease, format: conll,
+         split: test, instructions: ner-disease, paper: ncbi-disease, limit: 200}
+    generation: {max_new_tokens: 512, num_beams: 1, batch_size: 8}
+    template: paper
+
+Relative paths are taken relative to the recipe file. Each sample draws its
+instruction from its pool exactly as training does (`templates.pick_instruction`
+with ``mixture_seed``, the set name and the record number), and the prompt is
+rendered by `templates.render`, so generation sees the training prompt.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
+
+from medtune.config import RecipeError
+from medtune.data import tasks, templates
+from medtune.data.formats import READERS, Malformed, Record, SourceError
+
+_SCHEMA = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+def _section(cls):
+    return dataclass(frozen=True, kw_only=True, config=_SCHEMA)(cls)
+
+
+@_section
+class EvalSet:
+    path: str
+    """File or directory of the held-out split, relative to the recipe file."""
+    format: str = "conll"
+    """Reader: a key of ``medtune.data.formats.READERS``."""
+    name: str | None = None
+    """Name in the results; default: the path's stem plus the split."""
+    split: str = "test"
+    """Split the reader picks (``devel``, ``test``, ...)."""
+    tags: Literal["untyped", "typed"] = "untyped"
+    """``conll`` only: ``untyped`` B/I/O or ``typed`` B-TYPE/I-TYPE (i2b2-2012)."""
+    instructions: str | None = None
+    """Instruction pool (a key of ``medtune.data.templates.POOLS``); default: the task's pool."""
+    task: str | None = None
+    """Task of every record (a key of ``medtune.data.tasks.TASKS``); default: the reader's."""
+    limit: int | None = Field(default=None, ge=1)
+    """Score only the first N records of the split (a quick slice)."""
+    paper: str | None = None
+    """Key of ``medtune/evaluation/paper_results.yaml`` whose reported figures sit beside ours."""
+
+
+@_section
+class GenerationConfig:
+    max_new_tokens: int = Field(default=512, ge=1)
+    """Most tokens generated per sample (NER answers need about 4 per input token)."""
+    num_beams: int = Field(default=1, ge=1)
+    """1: greedy decoding (the default); more: beam search."""
+    batch_size: int = Field(default=8, ge=1)
+    """Prompts per generate call, left-padded."""
+
+
+@_section
+class EvalRecipe:
+    sets: list[EvalSet] = Field(min_length=1)
+    """Held-out sets to evaluate."""
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    template: Literal["paper", "chat"] = "paper"
+    """Prompt format; must be the one the model was trained with."""
+    mixture_seed: int = 0
+    """Seed of the instruction draw (training's ``data.mixture_seed``)."""
+
+
+def set_name(s: EvalSet) -> str:
+    return s.name or f"{Path(s.path).stem}-{s.split}"
+
+
+def load(path: str | os.PathLike, overrides: dict | None = None) -> EvalRecipe:
+    """Read and validate an evaluation recipe; every problem names the file, key and value."""
+    path = Path(path)
+    where = str(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise RecipeError([f"{where}: no such evaluation recipe (see recipes/eval/)"]) from None
+    except yaml.YAMLError as err:
+        raise RecipeError([f"{where}: not valid YAML: {err}"]) from None
+    if not isinstance(tree, dict):
+        raise RecipeError([f"{where}: an evaluation recipe is a mapping with `sets:` "
+                           "(see recipes/eval/shared-corpora.yaml)"])
+    for key, value in (overrides or {}).items():
+        tree.setdefault("generation", {})[key] = value
+    here = path.resolve().parent
+    for s in tree.get("sets") or []:
+        if isinstance(s, dict) and isinstance(s.get("path"), str):
+            p = Path(os.path.expandvars(s["path"])).expanduser()
+            s["path"] = str(p if p.is_absolute() else (here / p).resolve())
+    try:
+        recipe = EvalRecipe(**tree)
+    except ValidationError as err:
+        raise RecipeError([_describe(e, where) for e in err.errors()]) from None
+    except TypeError as err:  # a top-level key pydantic could not bind
+        raise RecipeError([f"{where}: {err}"]) from None
+    problems = _checks(recipe, where)
+    if problems:
+        raise RecipeError(problems)
+    return recipe
+
+
+def _describe(e: dict, where: str) -> str:
+    key = ".".join(str(p) for p in e["loc"])
+    if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        parent = {"sets": EvalSet, "generation": GenerationConfig}.get(str(e["loc"][0]), EvalRecipe)
+        if len(e["loc"]) == 1:
+            parent = EvalRecipe
+        allowed = ", ".join(f.name for f in fields(parent))
+        return f"{where}: unknown key '{key}' (allowed: {allowed})"
+    if e["type"] == "missing":
+        return f"{where}: {key} is required"
+    return f"{where}: {key} = {e.get('input')!r}: {e['msg'][0].lower() + e['msg'][1:]}"
+
+
+def _checks(r: EvalRecipe, where: str) -> list[str]:
+    problems = []
+    names = [set_name(s) for s in r.sets]
+    for i, s in enumerate(r.sets):
+        key = f"{where}: sets.{i}"
+        if s.format not in READERS:
+            problems.append(f"{key}.format = {s.format!r}: unknown reader; use one of "
+                            f"{', '.join(READERS)}")
+        if s.instructions is not None and s.instructions not in templates.POOLS:
+            problems.append(f"{key}.instructions = {s.instructions!r}: no such pool; use one of "
+                            f"{', '.join(templates.POOLS)}")
+        if s.task is not None and s.task not in tasks.TASKS:
+            problems.append(f"{key}.task = {s.task!r}: not a scored task; use one of {', '.join(tasks.TASKS)}")
+        if names.count(names[i]) > 1:
+            problems.append(f"{key}.name = {names[i]!r}: two sets share this name; give each a `name:`")
+    return problems
+
+
+def paper_results() -> dict:
+    """The paper's reported figures (``paper_results.yaml``), by set key."""
+    data = yaml.safe_load((Path(__file__).parent / "paper_results.yaml").read_text(encoding="utf-8"))
+    return data["results"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    set: str
+    index: int
+    """Record number in the split (malformed lines take none, as in training)."""
+    record: Record
+
+
+def read_set(s: EvalSet, mixture_seed: int = 0, limit: int | None = None) -> tuple[list[Sample], int]:
+    """The set's samples with their instructions, and the number of malformed lines skipped."""
+    name = set_name(s)
+    reader = READERS[s.format]
+    options = {k: getattr(s, k) for k in reader.options if hasattr(s, k)}
+    limit = min(x for x in (s.limit, limit) if x is not None) if (s.limit or limit) else None
+    out: list[Sample] = []
+    malformed = 0
+    try:
+        for item in reader.read(s.path, **options):
+            if isinstance(item, Malformed):
+                malformed += 1
+                continue
+            if limit is not None and len(out) >= limit:
+                break
+            rec = item if s.task is None else Record(item.instruction, item.input, item.output,
+                                                     s.task, item.gold, item.source)
+            pool = s.instructions or (rec.task if not rec.instruction and rec.task in templates.POOLS
+                                      else None)
+            if pool is not None:
+                rec = Record(templates.pick_instruction(pool, mixture_seed, name, len(out)), rec.input,
+                             rec.output, rec.task, rec.gold, rec.source)
+            out.append(Sample(name, len(out), rec))
+    except SourceError as err:
+        raise RecipeError([f"sets ({name}): {err}"]) from None
+    return out, malformed
+

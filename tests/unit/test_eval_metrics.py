@@ -1,0 +1,183 @@
+"""Evaluation scoring: gold scores 1.0, perturbations score exactly what seqeval says,
+the seed's token-keyed collapse is reproduced, and malformed answers are counted, never fatal."""
+from __future__ import annotations
+
+import random
+
+import pytest
+from seqeval.metrics import f1_score, precision_score, recall_score
+from seqeval.scheme import IOB2
+
+from medtune.data import tasks
+from medtune.data.formats import READERS
+from medtune.evaluation import metrics, run
+from tests.conftest import SHARED_DATA, needs_shared_data
+
+SHARED_SETS = [("ncbi_disease", "conll", "devel"), ("ncbi_disease", "conll", "test"),
+               ("bc5cdr_chem", "conll", "devel"), ("bc5cdr_chem", "conll", "test"),
+               ("pubmedqa", "pubmedqa", "test")]
+
+
+def _records(corpus: str, fmt: str, split: str):
+    return list(READERS[fmt].read(str(SHARED_DATA / corpus), split=split))
+
+
+def _score(records, answers, seed_compat=False):
+    return metrics.score_set(records[0].task, [r.input for r in records], [r.gold for r in records],
+                             answers, seed_compat)
+
+
+@needs_shared_data()
+@pytest.mark.parametrize("corpus,fmt,split", SHARED_SETS)
+def test_gold_scores_one_on_every_shared_corpus(corpus, fmt, split):
+    records = _records(corpus, fmt, split)
+    s = _score(records, [r.output for r in records])
+    assert s.parse["failures"] == 0
+    headline = s.metrics[metrics.HEADLINE[records[0].task]]
+    assert headline == 1.0
+    if records[0].task == "ner":
+        assert s.metrics["precision"] == s.metrics["recall"] == 1.0
+        assert s.metrics["gold_entities"] == sum(tasks.mentions(r.gold) for r in records)
+    else:
+        assert s.metrics["macro_f1"] == 1.0
+
+
+def _drop(tags, rng):
+    out = list(tags)
+    starts = [i for i, t in enumerate(out) if t == "B"]
+    if starts:
+        i = rng.choice(starts)
+        out[i] = "O"
+        j = i + 1
+        while j < len(out) and out[j] == "I":
+            out[j] = "O"
+            j += 1
+    return tuple(out)
+
+
+def _shift(tags, rng):
+    return ("O",) + tuple(tags[:-1]) if rng.random() < 0.5 else tuple(tags[1:]) + ("O",)
+
+
+def _iob2(seqs):
+    return [[t if t == "O" else f"{t}-ENT" for t in s] for s in seqs]
+
+
+@needs_shared_data()
+@pytest.mark.parametrize("perturb", [_drop, _shift])
+def test_perturbed_gold_scores_exactly_as_seqeval(perturb):
+    records = _records("ncbi_disease", "conll", "devel")
+    rng = random.Random(0)
+    perturbed = [perturb(r.gold, rng) if rng.random() < 0.3 else r.gold for r in records]
+    answers = [tasks.format_ner(r.input.split(" "), p) for r, p in zip(records, perturbed)]
+    s = _score(records, answers)
+    g, p = _iob2([r.gold for r in records]), _iob2(perturbed)
+    kw = dict(mode="strict", scheme=IOB2)
+    assert s.metrics["precision"] == precision_score(g, p, **kw)
+    assert s.metrics["recall"] == recall_score(g, p, **kw)
+    assert s.metrics["f1"] == f1_score(g, p, **kw)
+    assert 0 < s.metrics["f1"] < 1
+
+
+def test_retyped_entities_score_exactly_as_seqeval():
+    toks = "a b c d e f g".split()
+    gold = [("B-PROBLEM", "I-PROBLEM", "O", "B-TEST", "O", "B-TREATMENT", "I-TREATMENT")] * 3
+    pred = [("B-PROBLEM", "I-PROBLEM", "O", "B-TREATMENT", "O", "B-TREATMENT", "I-TREATMENT"),
+            ("B-TEST", "I-TEST", "O", "B-TEST", "O", "B-TREATMENT", "I-TREATMENT"),
+            ("B-PROBLEM", "I-TEST", "O", "B-TEST", "O", "O", "O")]
+    answers = [tasks.format_ner(toks, p) for p in pred]
+    s = metrics.score_set("ner-typed", [" ".join(toks)] * 3, gold, answers)
+    kw = dict(mode="strict", scheme=IOB2)
+    gl, pl = [list(x) for x in gold], [list(x) for x in pred]
+    assert s.metrics["precision"] == precision_score(gl, pl, **kw)
+    assert s.metrics["recall"] == recall_score(gl, pl, **kw)
+    assert s.metrics["f1"] == f1_score(gl, pl, **kw)
+    assert s.parse["failures"] == 0
+
+
+def test_untyped_tags_become_one_type_for_seqeval():
+    assert metrics.to_iob2(("O", "B", "I", "B"), typed=False) == ["O", "B-ENT", "I-ENT", "B-ENT"]
+    assert metrics.to_iob2(("B-TEST", "I-TEST"), typed=True) == ["B-TEST", "I-TEST"]
+    # strict IOB2: an I without its B is no entity
+    r = metrics.ner_prf([("B", "I", "O")], [("O", "I", "O")], typed=False)
+    assert r["pred_entities"] == 0 and r["f1"] == 0.0
+
+
+@needs_shared_data()
+def test_seed_compat_collapses_repeated_tokens_on_ncbi_devel():
+    records = _records("ncbi_disease", "conll", "devel")
+    s = _score(records, [r.output for r in records], seed_compat=True)
+    assert s.metrics["tokens"] == 23969          # position-aligned: every token scored
+    assert s.seed_compat["tokens"] == 20929      # the seed's dict keyed by token string
+    # the report shows both numbers
+    results = {"model": "m", "paper_source": "p",
+               "sets": {"ncbi-disease-devel": {**s.to_dict(), "headline": "f1"}}}
+    md = run.table(results)
+    assert "20929 of 23969 tokens" in md
+    assert "ours (seed token-keyed)" in md
+
+
+def test_token_keyed_keeps_one_tag_per_token_string():
+    toks, tags = ["A", "-", "T", "-", "A"], ["B", "I", "I", "O", "O"]
+    assert metrics.token_keyed(toks, tags) == (["A", "-", "T"], ["O", "O", "I"])
+
+
+SENT = ["Patients", "with", "cystic", "fibrosis", "."]
+GOLD = ("O", "O", "B", "I", "O")
+
+MALFORMED = {
+    "empty": ("", dict(missing=5)),
+    "truncated": ("Patients : O\nwith : O\ncystic : B\nfibr", dict(missing=1, malformed=1)),
+    "chatter": ("Sure! Here are the tags:\nPatients : O\nwith : O\ncystic : B\nfibrosis : I\n. : O",
+                dict(malformed=1, extra=1)),
+    "wrong separator": ("Patients - O\nwith - O\ncystic - B\nfibrosis - I\n. - O", dict(malformed=5)),
+    "too few lines": ("Patients : O\nwith : O", dict(missing=3)),
+    "too many lines": ("\n".join(f"{t} : {g}" for t, g in zip(SENT, GOLD)) + "\nagain : O\nmore : B",
+                       dict(extra=2)),
+    "unknown tag": ("Patients : O\nwith : X\ncystic : B\nfibrosis : I\n. : O", dict(malformed=1)),
+    "garbage": ("\x00\x01 :::: \n\n : \n", dict(malformed=2, missing=3)),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_ner_answers_are_counted_not_fatal(case):
+    text, want = MALFORMED[case]
+    s = metrics.score_set("ner", [" ".join(SENT)], [GOLD], [text])
+    assert s.parse["failures"] == 1 and s.parse["failure_rate"] == 1.0
+    for k in ("missing", "extra", "malformed"):
+        assert s.parse[f"{k}_lines"] == want.get(k, 0), (case, k, s.parse)
+    assert 0.0 <= s.metrics["f1"] <= 1.0
+
+
+def test_well_formed_ner_answer_is_no_failure():
+    s = metrics.score_set("ner", [" ".join(SENT)], [GOLD], [tasks.format_ner(SENT, GOLD)])
+    assert s.parse["failures"] == 0 and s.metrics["f1"] == 1.0
+
+
+def test_label_answers_tolerate_case_and_punctuation_and_count_failures():
+    gold = ["yes", "no", "maybe", "yes", "no"]
+    answers = [" Yes.", "NO, the trial shows no effect", "maybe", "I cannot tell", ""]
+    s = metrics.score_set("pubmedqa", [""] * 5, gold, answers)
+    assert s.parse["failures"] == 2
+    assert s.metrics["accuracy"] == 3 / 5
+    # per-class F1: yes 2/3 (tp 1, fn 1), no 2/3, maybe 1 -> macro (2/3 + 2/3 + 1) / 3
+    assert s.metrics["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+
+
+def test_re_micro_f1_leaves_out_no_relation():
+    gold = ["TrAP", "No Relations", "PIP", "No Relations"]
+    pred = ["TrAP", "TrAP", "No Relations", "No Relations"]
+    s = metrics.score_set("re-i2b2", [""] * 4, gold, pred)
+    # relation classes: tp 1 (TrAP), fp 1 (TrAP for No Relations), fn 1 (PIP missed)
+    assert s.metrics["micro_f1"] == pytest.approx(0.5)
+    assert s.metrics["accuracy"] == 0.5
+
+
+def test_nli_accuracy_and_hoc_micro_f1():
+    s = metrics.score_set("nli", [""] * 3, ["Entailment", "Neutral", "Contradiction"],
+                          ["entailment.", "Contradiction", "blah"])
+    assert s.metrics["accuracy"] == pytest.approx(1 / 3) and s.parse["failures"] == 1
+    ps, a = "Sustaining proliferative signaling (PS)", "Inducing angiogenesis (A)"
+    s = metrics.score_set("hoc", [""] * 3, [(a, ps), (), (ps,)], ["PS, inducing angiogenesis", "None", "PS, foo"])
+    assert s.metrics["micro_f1"] == 1.0
+    assert s.parse["failures"] == 1 and s.parse["unknown_parts"] == 1
