@@ -44,6 +44,13 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         torch.cuda.set_device(me.local_rank)
+    else:
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce that only its
+        # inference path uses: minutes of compiling on a fresh machine, and a /dev/shm
+        # buffer per rank that outlives any rank that is killed. Training never needs it.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False,
                                timeout=timedelta(minutes=recipe.launch.timeout_minutes))
     log = None
