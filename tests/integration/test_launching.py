@@ -125,10 +125,11 @@ def test_two_no_ssh_nodes_form_one_job(recipe, baseline, tmp_path):
 
 def test_killed_rank_ends_the_job_within_the_timeout_and_is_named(recipe, tmp_path):
     run = tmp_path / "run"
-    procs = _two_nodes(recipe, run, free_port(), "train.max_steps=200", "launch.timeout_minutes=0.5")
+    procs = _two_nodes(recipe, run, free_port(), "train.max_steps=200", "launch.timeout_minutes=1")
     end = time.time() + 300
     while not ((run / "metrics.jsonl").exists() and len(metrics(run)) >= 2):
-        assert time.time() < end and all(p.poll() is None for p in procs)
+        ended = [p for p in procs if p.poll() is not None]
+        assert time.time() < end and not ended, ended and ended[0].communicate()[0][-3000:]
         time.sleep(0.1)
     victim = _rank_pids(procs[1].pid)
     assert victim, "no rank process found under node 1"
@@ -137,7 +138,7 @@ def test_killed_rank_ends_the_job_within_the_timeout_and_is_named(recipe, tmp_pa
     outs = [p.communicate(timeout=120)[0] for p in procs]
     took = time.time() - killed
     assert all(p.returncode not in (0, None) for p in procs), [p.returncode for p in procs]
-    assert took <= 30 + 20, f"the job took {took:.0f}s to end after a rank died"
+    assert took <= 60 + 20, f"the job took {took:.0f}s to end after a rank died"
     assert "rank 1 was killed by SIGKILL" in outs[1], outs[1][-2000:]
 
 
