@@ -6,6 +6,7 @@ validation never wait for torch, deepspeed or transformers.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="dotted recipe overrides, e.g. train.lr=2e-5")
     train.add_argument("--run-dir", help="run directory (default runs/<recipe>-<time>)")
     _resume_args(train)
+    _run_args(train)
 
     launch = verbs.add_parser("launch", help="train a recipe on the nodes of a hostfile")
     launch.add_argument("recipe")
@@ -46,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("--run-dir", help="run directory on a file system every node sees")
     launch.add_argument("--dry-run", action="store_true", help="print the commands, change nothing")
     _resume_args(launch)
+    _run_args(launch)
 
     slurm = verbs.add_parser("slurm", help="write (and submit) a Slurm batch script for a recipe")
     slurm.add_argument("recipe")
@@ -62,13 +65,25 @@ def _parser() -> argparse.ArgumentParser:
     slurm.add_argument("--run-dir", help="run directory on a file system every node sees")
     slurm.add_argument("--out", help="where to write the script (default RUN_DIR/job.sbatch)")
     slurm.add_argument("--submit", action="store_true", help="submit it with sbatch and print the job id")
+    _run_args(slurm)
 
-    plan = verbs.add_parser("plan", help="per-GPU memory of a recipe on N nodes of G GPUs")
+    plan = verbs.add_parser("plan", help="per-GPU memory and communication of a recipe on N nodes of G GPUs")
     plan.add_argument("recipe")
     plan.add_argument("overrides", nargs="*", metavar="key=value")
     plan.add_argument("--nodes", type=int, required=True)
     plan.add_argument("--gpus-per-node", type=int, required=True)
-    plan.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU (default 80)")
+    plan.add_argument("--gpu", choices=("a100", "h100", "h200"), default="a100",
+                      help="GPU type: its memory, dense bf16 peak and NVLink bandwidth (default a100)")
+    plan.add_argument("--gpu-mem", type=float, help="GiB per GPU (default: the --gpu's, 80 or 141)")
+    plan.add_argument("--inter-node-gbps", type=float, default=200.0, metavar="Gb/s",
+                      help="inter-node bandwidth of one node, all its NICs together, in gigaBITS per "
+                           "second (default 200: one HDR InfiniBand NIC; a DGX H100 has 8 x 400)")
+    plan.add_argument("--intra-node-gbps", type=float, metavar="Gb/s",
+                      help="NVLink bandwidth of one GPU in gigaBITS per second (default: A100 4800 = "
+                           "600 GB/s, H100/H200 7200 = 900 GB/s)")
+    plan.add_argument("--mfu", type=float, default=0.5,
+                      help="fraction of the dense bf16 peak the compute reaches (default 0.5)")
+    plan.add_argument("--json", metavar="PATH", help="also write the communication plan as JSON")
 
     doctor = verbs.add_parser("doctor", help="what this node has; exit 1 on what would stop a launch")
     doctor.add_argument("--hostfile", help="also check the hostfile and ssh to each host")
@@ -128,7 +143,48 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.USAGE
 
 
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """Flags of the verbs that start a run; each becomes a recipe override the ranks read."""
+    p.add_argument("--peak-tflops", type=float, metavar="T",
+                   help="peak dense TFLOP/s of one device, for MFU (default: the A100/H100/H200 "
+                        "table; sets logging.peak_tflops)")
+    p.add_argument("--comm-log", action="store_true",
+                   help="write every rank's collectives per optimizer step (DeepSpeed's comms logger) "
+                        "to RUN_DIR/comm/rank-N.jsonl; makes each collective blocking (sets "
+                        "logging.comm_log)")
+
+
+def _run_overrides(args) -> list[str]:
+    out = []
+    if getattr(args, "peak_tflops", None) is not None:
+        out.append(f"logging.peak_tflops={args.peak_tflops}")
+    if getattr(args, "comm_log", False):
+        out.append("logging.comm_log=true")
+    return out
+
+
+def _check_zero(args, recipe: config.Recipe, world: int, has_gpu: bool | None) -> None:
+    """``zero.hierarchy`` and ``zero.quantized_*`` before any rank starts (every rank checks again)."""
+    from medtune import comm
+
+    overridden = {o.split("=", 1)[0] for o in args.overrides}
+    found = comm.problems(recipe, lambda key: config.COMMAND_LINE if key in overridden else args.recipe,
+                          world, has_gpu)
+    if found:
+        raise config.RecipeError(found)
+
+
+def _local_gpu(recipe: config.Recipe) -> bool | None:
+    """Whether this machine has a GPU, asked only when the recipe needs one (it imports torch)."""
+    if not (recipe.zero.quantized_weights or recipe.zero.quantized_gradients):
+        return None
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _load(args) -> config.Recipe:
+    args.overrides = [*args.overrides, *_run_overrides(args)]
     return config.load(args.recipe, args.overrides)
 
 
@@ -177,6 +233,7 @@ def _train(args) -> int:
     from medtune.launcher.deepspeed import free_port, local_plan
 
     recipe = _load(args)
+    _check_zero(args, recipe, recipe.launch.procs, _local_gpu(recipe))
     run_dir = _run_dir(args, recipe)
     _ready_to_start(args, recipe, run_dir, world=recipe.launch.procs)
     plan = local_plan(recipe.launch.procs, run_dir / "recipe.yaml", run_dir,
@@ -191,6 +248,7 @@ def _launch(args) -> int:
     recipe = _load(args)
     hosts = hostfile.parse(args.hostfile)
     hostfile.check_against(hosts, args.hostfile, recipe.launch.nodes, recipe.launch.procs)
+    _check_zero(args, recipe, recipe.launch.nodes * recipe.launch.procs, None)
     if args.launcher == "no_ssh" and args.node_rank is None:
         raise UserError("--launcher no_ssh needs --node-rank (0 on the first host, 1 on the next, ...)")
     run_dir = _run_dir(args, recipe)
@@ -221,6 +279,7 @@ def _slurm(args) -> int:
     # the job's shape is the command line's: record it in the recipe the ranks read
     recipe = config.load(args.recipe, [*args.overrides, f"launch.nodes={args.nodes}",
                                        f"launch.procs={procs}"])
+    _check_zero(args, recipe, args.nodes * procs, False if args.gpus_per_node == 0 else None)
     run_dir = _run_dir(args, recipe)
     job = slurm.SlurmJob(job_name=args.job_name or recipe.name, nodes=args.nodes, procs_per_node=procs,
                          gpus_per_node=args.gpus_per_node, recipe_file=run_dir / "recipe.yaml",
@@ -242,11 +301,26 @@ def _slurm(args) -> int:
 def _plan(args) -> int:
     from medtune import plan
 
+    from medtune import comm
+
     recipe = config.load(args.recipe, args.overrides, check_files=False)
     if args.nodes < 1 or args.gpus_per_node < 1:
         raise UserError("--nodes and --gpus-per-node must be at least 1")
-    shape = plan.model_shape(plan.load_config(recipe.model))
-    print(plan.table(recipe, shape, args.nodes, args.gpus_per_node, args.gpu_mem))
+    if args.inter_node_gbps <= 0 or (args.intra_node_gbps or 1) <= 0 or not 0 < args.mfu <= 1:
+        raise UserError("--inter-node-gbps and --intra-node-gbps must be above 0, --mfu in (0, 1]")
+    cfg = plan.load_config(recipe.model)
+    shape = plan.model_shape(cfg)
+    print(plan.table(recipe, shape, args.nodes, args.gpus_per_node,
+                     args.gpu_mem or comm.GPU_MEMORY_GIB[args.gpu]))
+    links = comm.Links(args.nodes, args.gpus_per_node, args.inter_node_gbps,
+                       args.intra_node_gbps or comm.NVLINK_GBPS[args.gpu])
+    cp = comm.plan(recipe, cfg, links, args.gpu, args.mfu)
+    print()
+    print(comm.table(cp))
+    for line in comm.problems(recipe, args.recipe, links.world, None, ranks_per_node=args.gpus_per_node):
+        print(f"note: {line}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(comm.to_json(cp), indent=2))
     return exitcodes.OK
 
 

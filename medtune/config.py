@@ -1,7 +1,7 @@
 """Recipes: typed, frozen configuration loaded from YAML.
 
-A recipe file has six sections (``model``, ``data``, ``train``, ``zero``,
-``launch``, ``logging``) and may name ``base:`` files (one path or a list)
+A recipe file has seven sections (``model``, ``data``, ``train``, ``zero``,
+``kernels``, ``launch``, ``logging``) and may name ``base:`` files (one path or a list)
 that it builds on: bases are merged in order, then the file's own keys win.
 A base is looked up beside the file first, then under the repository's
 ``recipes/`` folder, so ``base: [models/tiny-llama.yaml, data/demo.yaml]``
@@ -71,9 +71,6 @@ class ModelConfig:
     """Hub revision (branch, tag or commit) of ``name_or_path``."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """Training dtype: ``auto`` is bf16 on GPUs that support it, else fp32."""
-    attention: Literal["sdpa", "eager", "flex_attention"] = "sdpa"
-    """Attention backend. Each one isolates the samples of a packed row
-    (positions restart at 0 per sample, no attention mask, no KV cache)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     trust_remote_code: bool = False
@@ -206,10 +203,51 @@ class ZeroConfig:
     """Parameters smaller than this stay unpartitioned; ``auto``: 10 × hidden_size."""
     max_live_parameters: int = Field(default=1_000_000_000, ge=0)
     """Gathered parameters kept alive at once."""
+    max_reuse_distance: int | Literal["auto"] = "auto"
+    """A gathered parameter used again within this many elements of the
+    module trace stays gathered (DeepSpeed's ``stage3_max_reuse_distance``);
+    ``auto``: ``max_live_parameters``."""
     offload_optimizer: Literal["none", "cpu"] = "none"
     """Keep optimizer states in host memory."""
     offload_params: Literal["none", "cpu"] = "none"
     """Keep partitioned parameters in host memory."""
+    hierarchy: Literal["auto", "off"] | int | bool = "auto"
+    """hpZ (ZeRO++ hierarchical partitioning): a gathered weight also keeps a
+    shard of 1/size of it within a group of ranks on one node, so the
+    backward and every later micro-batch gather over NVLink and only the
+    first forward of an optimizer step crosses nodes. ``auto``: groups of
+    one node (``launch.procs``) when the run spans several nodes, off on
+    one; ``off``; or a size that divides ``launch.procs`` and the world
+    size. Costs 1/size of the weights per GPU; the math is unchanged, so a
+    run may resume with another setting. ``medtune plan`` shows the traffic."""
+    quantized_weights: bool = False
+    """qwZ: all-gather weights as int8 with a scale per block (half of bf16's
+    bytes; lossy in transit). CUDA only."""
+    quantized_gradients: bool = False
+    """qgZ: reduce gradients across nodes as int4 through two all-to-alls
+    (lossy in transit). CUDA only; needs more than one node."""
+
+
+@_section
+class KernelsConfig:
+    attention: Literal["auto", "flash_attn", "torch_varlen", "sdpa_varlen", "sdpa", "eager",
+                       "flex_attention"] = "auto"
+    """Attention over packed rows; every choice keeps each sample to itself.
+    ``flash_attn``: the flash-attn package's varlen kernel (CUDA, bf16/fp16);
+    ``torch_varlen``: ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention
+    inside PyTorch, CUDA); ``sdpa_varlen``: PyTorch SDPA run per sample (any
+    device, no cross-sample work); ``sdpa``/``eager``/``flex_attention``:
+    transformers' own paths (a dense mask over the whole row). ``auto``: the
+    first of flash_attn, torch_varlen, sdpa_varlen that runs on this device,
+    dtype and head size (said once in the log)."""
+    loss: Literal["standard", "chunked"] = "standard"
+    """``standard``: logits of the response positions only, then
+    cross-entropy; ``chunked``: a fused linear + cross-entropy over chunks of
+    tokens that never holds the whole ``[tokens, vocab]`` logits (for large
+    vocabularies or long rows)."""
+    loss_chunk_tokens: int = Field(default=0, ge=0)
+    """Tokens per chunk of the ``chunked`` loss; 0: about as many logits as
+    the row has hidden-state values (tokens x hidden / vocab, at least 64)."""
 
 
 @_section
@@ -237,6 +275,14 @@ class LoggingConfig:
     """Write TensorBoard events under ``RUN_DIR/tensorboard``."""
     progress: bool = True
     """Show a progress bar on rank 0."""
+    peak_tflops: float | None = Field(default=None, gt=0)
+    """Peak dense bf16 TFLOP/s of one accelerator, for MFU; default: looked
+    up for A100/H100/H200 by device name (no MFU on CPU unless set)."""
+    comm_log: bool = False
+    """Turn on DeepSpeed's comms logger and write each rank's collectives per
+    optimizer step (op, calls, bytes, milliseconds) to
+    ``RUN_DIR/comm/rank-NNNNN.jsonl`` (``--comm-log``). Every collective
+    then waits for completion: for diagnosis, not for speed."""
 
 
 @_section
@@ -247,6 +293,7 @@ class Recipe:
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     zero: ZeroConfig = Field(default_factory=ZeroConfig)
+    kernels: KernelsConfig = Field(default_factory=KernelsConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
@@ -381,6 +428,10 @@ def _looks_local(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~")) or Path(value).exists()
 
 
+# Keys that moved between sections: the error names the new place.
+_MOVED = {"model.attention": "kernels.attention"}
+
+
 def _describe(e: dict, tree: dict, origin: dict[str, str], default_file: str) -> str:
     loc = [str(p) for p in e["loc"]]
     key = ".".join(loc)
@@ -390,6 +441,8 @@ def _describe(e: dict, tree: dict, origin: dict[str, str], default_file: str) ->
         allowed = [f.name for f in fields(parent)] if parent else []
         near = difflib.get_close_matches(loc[-1], allowed, n=1)
         hint = f"did you mean '{near[0]}'?" if near else f"allowed: {', '.join(allowed)}"
+        if key in _MOVED:
+            hint = f"it moved to {_MOVED[key]}"
         return f"{where}: unknown key '{key}': {hint}"
     value = e.get("input")
     if e["type"] == "missing":

@@ -14,8 +14,12 @@ tokens (T) in bf16 (Korthikanti et al. 2022, with FlashAttention-style
 kernels that never store the T x T scores): ``T (16 h + 4.5 i)`` bytes per
 layer for hidden size h and MLP width i (``34 T h`` when i = 4h); with
 activation checkpointing only each layer's input (``2 T h``) is kept, plus
-one layer being recomputed. The loss head holds ``10 T V`` bytes (bf16
-logits, fp32 log-probabilities and their gradient). 2 GiB per GPU are kept
+one layer being recomputed. The standard loss head holds at most ``10 T V``
+bytes (bf16 logits, fp32 log-probabilities and their gradient; medtune
+projects only the response positions, so this is an upper bound); the
+chunked head (``kernels.loss: chunked``) holds ``4 V h`` (the fp32 weight
+gradient it accumulates) ``+ 2 T h + 6 C V`` for chunks of
+C = `auto_chunk_tokens` tokens. 2 GiB per GPU are kept
 for the CUDA context, NCCL buffers and fragmentation.
 """
 from __future__ import annotations
@@ -85,15 +89,21 @@ def load_config(model):
         return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
 
 
-def activations(shape: Shape, tokens: int, checkpointing: bool) -> float:
+def activations(shape: Shape, tokens: int, checkpointing: bool, loss: str = "standard") -> float:
     per_layer = tokens * (16 * shape.hidden + 4.5 * shape.intermediate)
-    head = 10 * tokens * shape.vocab
+    if loss == "chunked":
+        from medtune.kernels.loss import auto_chunk_tokens
+
+        chunk = auto_chunk_tokens(tokens, shape.hidden, shape.vocab)
+        head = 4 * shape.vocab * shape.hidden + 2 * tokens * shape.hidden + 6 * chunk * shape.vocab
+    else:
+        head = 10 * tokens * shape.vocab
     if checkpointing:
         return shape.layers * 2 * tokens * shape.hidden + per_layer + head
     return shape.layers * per_layer + head
 
 
-def rows(shape: Shape, nodes: int, gpus_per_node: int, tokens: int) -> list[Row]:
+def rows(shape: Shape, nodes: int, gpus_per_node: int, tokens: int, loss: str = "standard") -> list[Row]:
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     n = nodes * gpus_per_node
@@ -110,15 +120,15 @@ def rows(shape: Shape, nodes: int, gpus_per_node: int, tokens: int) -> list[Row]
         params = 0 if offload_params else 2 * p / n
         grads = 0 if offload_opt else 4 * p / n
         optim = 0 if offload_opt else 12 * p / n
-        out.append(Row(setting, params, grads, optim, gpu, activations(shape, tokens, ckpt), cpu))
+        out.append(Row(setting, params, grads, optim, gpu, activations(shape, tokens, ckpt, loss), cpu))
     return out
 
 
 def smallest_nodes(shape: Shape, gpus_per_node: int, tokens: int, gpu_mem: float,
-                   checkpointing: bool, limit: int = 128) -> int | None:
+                   checkpointing: bool, limit: int = 128, loss: str = "standard") -> int | None:
     """Fewest nodes on which the recipe's own setting (no offload) fits, or None."""
     for nodes in range(1, limit + 1):
-        row = rows(shape, nodes, gpus_per_node, tokens)[1 if checkpointing else 0]
+        row = rows(shape, nodes, gpus_per_node, tokens, loss)[1 if checkpointing else 0]
         if row.total <= gpu_mem:
             return nodes
     return None
@@ -126,21 +136,22 @@ def smallest_nodes(shape: Shape, gpus_per_node: int, tokens: int, gpu_mem: float
 
 def table(recipe, shape: Shape, nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> str:
     tokens = recipe.data.max_tokens
+    loss = recipe.kernels.loss
     gpu_mem = gpu_mem_gib * GiB
     g = lambda b: f"{b / GiB:7.1f}"  # noqa: E731
     lines = [f"{recipe.model.name_or_path or recipe.name}: {shape.params / 1e9:.2f}B parameters "
              f"(largest layer {shape.largest_layer / 1e6:.0f}M), {nodes} x {gpus_per_node} GPUs of "
-             f"{gpu_mem_gib:g} GiB, packed rows of {tokens} tokens",
+             f"{gpu_mem_gib:g} GiB, packed rows of {tokens} tokens, {loss} loss head",
              "", f"{'per GPU, GiB':<38}{'params':>7}{'grads':>7}{'optim':>7}{'states':>8}"
                  f"{'activ.':>8}{'total':>8}  fits   host/node",
              "-" * 100]
-    for r in rows(shape, nodes, gpus_per_node, tokens):
+    for r in rows(shape, nodes, gpus_per_node, tokens, loss):
         fits = "yes" if r.total <= gpu_mem else "NO"
         lines.append(f"{r.setting:<38}{g(r.params)}{g(r.grads)}{g(r.optimizer)} {g(r.states)} "
                      f"{g(r.activations)} {g(r.total)}  {fits:<5}{g(r.cpu)}")
     ckpt = recipe.model.gradient_checkpointing
-    best = smallest_nodes(shape, gpus_per_node, tokens, gpu_mem, ckpt)
-    mine = rows(shape, nodes, gpus_per_node, tokens)[1 if ckpt else 0]
+    best = smallest_nodes(shape, gpus_per_node, tokens, gpu_mem, ckpt, loss=loss)
+    mine = rows(shape, nodes, gpus_per_node, tokens, loss)[1 if ckpt else 0]
     lines += ["", f"the recipe (no offload, activation checkpointing {'on' if ckpt else 'off'}) "
                   f"needs {mine.total / GiB:.1f} GiB per GPU: "
                   f"{'fits' if mine.total <= gpu_mem else 'does NOT fit'} on {nodes} x {gpus_per_node}; "

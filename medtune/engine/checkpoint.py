@@ -176,13 +176,13 @@ def training_fields(recipe) -> dict[str, Any]:
     """The recipe fields that change what a run computes, as dotted keys.
 
     Left out: how often to save or log, where to cache, how to launch, ZeRO's
-    communication tuning and the attention kernel (none of which changes the
-    math); changing any other field under a resumed run is refused.
+    communication tuning and the compute kernels (none of which changes the
+    math beyond rounding); changing any other field under a resumed run is refused.
     """
     from medtune.config import to_dict
 
     skip = {"name", "launch", "logging", "zero", "data.cache_dir", "train.save_every",
-            "train.keep_last", "train.export", "train.max_bad_steps", "model.attention",
+            "train.keep_last", "train.export", "train.max_bad_steps", "kernels",
             "model.gradient_checkpointing"}
     out: dict[str, Any] = {}
 

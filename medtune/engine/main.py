@@ -7,7 +7,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from medtune import config, exitcodes
+from medtune import comm, config, exitcodes
 from medtune.launcher.env import discover
 
 
@@ -27,6 +27,9 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     torch.set_num_threads(threads)
     say = _say(me.rank)
+    # zero.hierarchy / zero.quantized_* for this world and device, refused before any work
+    zplan = comm.resolve(recipe, me.world, torch.cuda.is_available(), where=recipe_path)
+    say(zplan.describe())
 
     from medtune.data.prepare import prepare
     from medtune.engine import checkpoint
@@ -57,7 +60,8 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
     try:
         from medtune.data.tokenizer import load as load_tokenizer
         from medtune.engine import export, model, trainer, zero
-        from medtune.engine.metrics import MetricsLog
+        from medtune.engine.metrics import MetricsLog, Throughput
+        from medtune.flops import FlopModel, peak_tflops
 
         set_seed(recipe.train.seed)
         tokenizer = load_tokenizer(recipe)
@@ -69,13 +73,17 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
                                       f"but the model's vocab_size is {hf_cfg.vocab_size}"])
         ds_cfg = zero.build_config(recipe, me.world, hf_cfg.hidden_size, bf16,
                                    grad_accum=state.packs_per_step // me.world,
-                                   load_universal=universal is not None)
-        net = model.build(recipe.model, ds_cfg, torch.bfloat16 if bf16 else torch.float32)
+                                   load_universal=universal is not None, hpz=zplan.hpz)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        kernels = _kernels(recipe, torch.device("cuda" if on_gpu else "cpu"), dtype, model.head_dim(hf_cfg))
+        say(f"attention: {kernels.attention.backend} ({kernels.attention.why}); loss head: {kernels.loss}")
+        net = model.build(recipe.model, ds_cfg, dtype, kernels.attention.implementation)
         if me.rank == 0:
             _write_run_files(run, ds_cfg, net, tokenizer)
+            comm.write_plan(run, zplan)
         data = trainer.PackedData.build(prepared.dataset, recipe.data.max_tokens,
                                         tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                        else tokenizer.eos_token_id)
+                                        else tokenizer.eos_token_id, FlopModel.from_config(hf_cfg))
         optimizer = torch.optim.AdamW(model.param_groups(net, recipe.train.weight_decay),
                                       lr=recipe.train.lr, betas=recipe.train.adam_betas,
                                       eps=recipe.train.adam_eps, fused=on_gpu or None)
@@ -86,20 +94,26 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
             fresh = state
             state = checkpoint.load(engine, start, universal, me.rank)
             state.world, state.recipe, state.data_fingerprint = me.world, fresh.recipe, fresh.data_fingerprint
+        if recipe.logging.comm_log:
+            from medtune.engine.comm_log import record_steps
+
+            record_steps(engine, run, me.rank, state.global_step)
         log = MetricsLog(run, me.rank, recipe.logging.tensorboard, resume_step=state.global_step)
 
         def save(s):
             return checkpoint.save(engine, run, s, me.rank, recipe.train.keep_last)
 
+        perf = Throughput(me.world, recipe.logging.peak_tflops
+                          or (peak_tflops(torch.cuda.get_device_name()) if on_gpu else None))
         ended = trainer.run(engine, data, recipe, me.rank, me.world, state, log, save,
-                            lambda: stop["signum"] != 0, say)
+                            lambda: stop["signum"] != 0, say, kernels, perf)
         if ended == "signal":
             return exitcodes.PREEMPTED
         if ended == "bad_loss":
             return exitcodes.BAD_LOSS
         save(state)
         if recipe.train.export:
-            ids, logits = trainer.probe_logits(engine, data)
+            ids, logits = trainer.probe_logits(engine, data, kernels.attention)
             export.gather_and_save(engine, run, run / "export", me.rank)
             if me.rank == 0:
                 from safetensors.torch import save_file
@@ -114,9 +128,25 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
         dist.destroy_process_group()
 
 
+def _kernels(recipe: config.Recipe, device, dtype, head_dim: int):
+    """The recipe's kernels resolved for this device; a backend that cannot run is a user error."""
+    from medtune.engine.trainer import Kernels
+    from medtune.errors import UserError
+    from medtune.kernels.attention import resolve
+
+    k = recipe.kernels
+    try:
+        attention = resolve(k.attention, device, dtype, head_dim)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return Kernels(attention, k.loss, k.loss_chunk_tokens)
+
+
 def data_digest(prepared) -> str:
-    """What identifies the prepared data for resuming: its tokens, not how they were cached."""
-    return prepared.stats.get("content_digest", prepared.fingerprint)
+    """What identifies the data a run reads: its tokens (not how they were cached) and the packing."""
+    from medtune.data.packing import VERSION
+
+    return f"{prepared.stats.get('content_digest', prepared.fingerprint)}+packing{VERSION}"
 
 
 def plan_resume(recipe, run: Path, resume: str, allow_changed: bool, data_fingerprint: str,

@@ -8,6 +8,7 @@ through ``purge_step``), so the curves continue without a gap or overlap.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -56,3 +57,88 @@ def _truncate_after(path: Path, step: int) -> None:
     kept = [line for line in lines if json.loads(line)["step"] <= step]
     if len(kept) != len(lines):
         path.write_text("".join(line + "\n" for line in kept))
+
+
+@dataclass
+class Throughput:
+    """Tokens/s, achieved TFLOP/s and MFU per rank, from the plan and each step's wall time.
+
+    FLOPs are model FLOPs (`medtune.flops.FlopModel`: every weight matmul of
+    every token, forward and backward, plus causal attention per *sample* of
+    a packed row, never per row); activation recomputation is not counted, as
+    is usual for MFU. Every rank holds the same plan, so no communication is
+    needed: per-rank figures are the step's totals over ``world``. The first
+    step this process runs (start-up, allocator warm-up) stays out of the
+    summary.
+    """
+    world: int
+    peak_tflops: float | None
+    """Peak dense TFLOP/s of one device (None: no MFU)."""
+    steps: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    seconds: float = 0.0
+    _seen: int = field(default=0, repr=False)
+
+    def step(self, tokens: int, flops: float, seconds: float) -> dict[str, float]:
+        """Record one optimizer step; return its scalars for the log."""
+        self._seen += 1
+        if self._seen > 1:
+            self.steps += 1
+            self.tokens += tokens
+            self.flops += flops
+            self.seconds += seconds
+        return self._scalars(tokens, flops, seconds)
+
+    def _scalars(self, tokens: int, flops: float, seconds: float) -> dict[str, float]:
+        per_rank = flops / self.world / seconds / 1e12
+        out = {"perf/tokens_per_s": tokens / seconds, "perf/tokens_per_s_per_rank": tokens / seconds / self.world,
+               "perf/tflops_per_rank": per_rank}
+        if self.peak_tflops:
+            out["perf/mfu"] = per_rank / self.peak_tflops
+        return out
+
+    def summary(self) -> str:
+        """One line for the end of the run (the mean over steps after the first)."""
+        if not self.steps:
+            return "throughput: too few steps to measure (the first one is warm-up)"
+        s = self._scalars(self.tokens, self.flops, self.seconds)
+        mfu = f", MFU {s['perf/mfu']:.1%}" if "perf/mfu" in s else ""
+        return (f"throughput over {self.steps} steps: {s['perf/tokens_per_s']:,.0f} tokens/s "
+                f"({s['perf/tokens_per_s_per_rank']:,.0f} per rank), "
+                f"{s['perf/tflops_per_rank']:.3g} TFLOP/s per rank{mfu}")
+
+
+def model_state_bytes(engine) -> dict[str, int]:
+    """Bytes of model states this rank holds under ZeRO-3: its shards, not activations.
+
+    Counted from the tensors DeepSpeed's stage-3 optimizer keeps (each storage
+    once): the parameter shards in the model dtype plus the small parameters
+    every rank keeps whole (below the persistence threshold), the fp32 master
+    shards, the optimizer's states (AdamW creates them at the first step: call
+    this after one), and the flat gradient-partition buffer.
+    """
+    import torch
+
+    seen: set[int] = set()
+
+    def size(tensors) -> int:
+        total = 0
+        for t in tensors:
+            if not torch.is_tensor(t) or t.numel() == 0:
+                continue
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        return total
+
+    opt = engine.optimizer
+    params = list(engine.module.parameters())
+    return {
+        "params": size(getattr(p, "ds_tensor", None) for p in params)
+                  + size(p.data for p in params if getattr(p, "ds_persist", False)),
+        "master": size(getattr(opt, "fp32_partitioned_groups_flat", [])),
+        "optimizer": size(v for state in opt.optimizer.state.values() for v in state.values()),
+        "grads": size([getattr(opt, "grad_partitions_flat_buffer", None)]),
+    }

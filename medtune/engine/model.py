@@ -17,19 +17,26 @@ def hf_config(model: ModelConfig):
                                       trust_remote_code=model.trust_remote_code)
 
 
-def build(model: ModelConfig, ds_config: dict, dtype: torch.dtype):
+def head_dim(cfg) -> int:
+    """Size of one attention head of a transformers config."""
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def build(model: ModelConfig, ds_config: dict, dtype: torch.dtype, attn_implementation: str):
     """The model, partitioned across ranks as it is created.
 
     With an `HfDeepSpeedConfig` alive, transformers creates every parameter
     inside `deepspeed.zero.Init`, so no rank ever holds the whole model (and
     ``from_pretrained`` loads each weight into its shards).
+    `attn_implementation` is a name transformers knows (its own or one
+    `medtune.kernels.attention` registered).
     """
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     handle = HfDeepSpeedConfig(ds_config)  # noqa: F841 (transformers keeps only a weak reference)
-    common = dict(attn_implementation=model.attention, dtype=dtype)
+    common = dict(attn_implementation=attn_implementation, dtype=dtype)
     if model.config is not None:
         net = AutoModelForCausalLM.from_config(hf_config(model), **common)
     else:

@@ -14,8 +14,10 @@ from medtune.config import Recipe
 from medtune.data.collator import Batch, collate
 from medtune.data.packing import pack, plan_epoch
 from medtune.engine.checkpoint import TrainerState
-from medtune.engine.metrics import MetricsLog
-from medtune.kernels.loss import token_ce_sum
+from medtune.engine.metrics import MetricsLog, Throughput, model_state_bytes
+from medtune.flops import FlopModel
+from medtune.kernels.attention import Choice, varlen_kwargs
+from medtune.kernels.loss import ce_sum, chunked_ce_sum
 
 
 @dataclass(frozen=True)
@@ -25,16 +27,22 @@ class PackedData:
     packs: list[list[int]]
     pack_tokens: list[int]
     pack_labels: list[int]
+    pack_flops: list[float]
+    """Model FLOPs of each pack (forward and backward): what the ranks of a step balance."""
     max_tokens: int
     pad_id: int
 
     @classmethod
-    def build(cls, dataset, max_tokens: int, pad_id: int) -> "PackedData":
-        lengths = dataset["length"]
-        n_labels = dataset["n_labels"]
-        packs = pack(lengths, max_tokens)
-        return cls(dataset, packs, [sum(lengths[i] for i in p) for p in packs],
-                   [sum(n_labels[i] for i in p) for p in packs], max_tokens, pad_id)
+    def build(cls, dataset, max_tokens: int, pad_id: int, flops: FlopModel | None = None) -> "PackedData":
+        """Packs balanced in `flops` (in tokens when no FLOP model is given)."""
+        lengths = list(dataset["length"])  # a datasets Column reads one row per index
+        n_labels = list(dataset["n_labels"])
+        cost = flops.sample if flops is not None else None
+        packs = pack(lengths, max_tokens, cost)
+        tokens = [sum(lengths[i] for i in p) for p in packs]
+        return cls(dataset, packs, tokens, [sum(n_labels[i] for i in p) for p in packs],
+                   [flops.pack(lengths[i] for i in p) for p in packs] if flops else tokens,
+                   max_tokens, pad_id)
 
     def batch(self, pack_index: int | None) -> Batch:
         if pack_index is None:
@@ -43,15 +51,57 @@ class PackedData:
         return collate(list(zip(rows["input_ids"], rows["labels"])), self.pad_id)
 
 
-def forward(model, batch: Batch, device) -> torch.Tensor:
-    """Logits of a packed row, its samples kept apart.
+@dataclass(frozen=True)
+class Kernels:
+    """How each micro-batch is computed: the resolved attention backend and the loss head."""
+    attention: Choice
+    loss: str = "standard"
+    """``standard`` or ``chunked`` (`medtune.kernels.loss`)."""
+    chunk_tokens: int = 0
+    """Tokens per chunk of the chunked loss (0: its automatic size)."""
 
-    transformers isolates the samples (block-diagonal causal attention from
-    ``position_ids`` restarting at 0) only when there is no attention mask
-    and no KV cache, so neither is ever passed here.
+
+def model_inputs(batch: Batch, device, attention: Choice) -> dict:
+    """Keyword arguments of the model call for a packed row.
+
+    No attention mask and no KV cache, ever: transformers' own attention then
+    isolates the samples from ``position_ids`` restarting at 0, and the varlen
+    backends get the row's sample bounds, computed on the host by the collator.
     """
-    return model(input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device),
-                 attention_mask=None, use_cache=False).logits
+    inputs = dict(input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device),
+                  attention_mask=None, use_cache=False)
+    if attention.varlen:
+        inputs.update(varlen_kwargs(batch.cu_seqlens, batch.max_seqlen, device))
+    return inputs
+
+
+def forward(model, batch: Batch, device, attention: Choice = Choice("sdpa", "default")) -> torch.Tensor:
+    """Logits of every position of a packed row, its samples kept apart."""
+    return model(**model_inputs(batch, device, attention)).logits
+
+
+def micro_loss(model, batch: Batch, device, kernels: Kernels) -> torch.Tensor:
+    """Summed cross-entropy over the response tokens of one packed row.
+
+    Only the positions that predict a label reach the vocabulary projection
+    (``logits_to_keep`` with the collator's positions): prompt tokens, often
+    most of an instruction sample, cost no ``[tokens, vocab]`` work. The
+    chunked head goes further and never holds even those logits at once.
+    """
+    inputs = model_inputs(batch, device, kernels.attention)
+    positions = batch.loss_positions.to(device)
+    targets = batch.targets.to(device)
+    if kernels.loss == "standard":
+        return ce_sum(model(**inputs, logits_to_keep=positions).logits[0], targets)
+    # lm_head runs on no position at all; the chunked head reads the final hidden states
+    out = model(**inputs, logits_to_keep=positions[:, :0], output_hidden_states=True)
+    hidden = out.hidden_states[-1][0].index_select(0, positions[0])
+    weight = _unwrap(model).get_output_embeddings().weight
+    return chunked_ce_sum(hidden, weight, targets, kernels.chunk_tokens)
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # a DeepSpeed engine holds the model as .module
 
 
 def steps_per_epoch(data: PackedData, packs_per_step: int) -> int:
@@ -64,7 +114,7 @@ def total_steps(recipe: Recipe, data: PackedData, packs_per_step: int) -> int:
 
 
 def train_step(engine, data: PackedData, my_slots: tuple[int | None, ...], n_step: int, world: int,
-               normalisation: str, poison: bool = False) -> torch.Tensor:
+               normalisation: str, kernels: Kernels, poison: bool = False) -> torch.Tensor:
     """Run one optimizer step over this rank's packs; return its summed loss.
 
     With ``tokens`` normalisation the gradient is that of
@@ -78,14 +128,14 @@ def train_step(engine, data: PackedData, my_slots: tuple[int | None, ...], n_ste
     local_sum = torch.zeros((), dtype=torch.float64)
     for pack_index in my_slots:
         batch = data.batch(pack_index)
-        ce_sum = token_ce_sum(forward(engine, batch, engine.device), batch.labels)
+        summed = micro_loss(engine, batch, engine.device, kernels)
         if poison:  # test hook: a non-finite loss, as a diverging run would produce
-            ce_sum = ce_sum * float("nan")
-        local_sum += ce_sum.detach().double().cpu()
+            summed = summed * float("nan")
+        local_sum += summed.detach().double().cpu()
         if normalisation == "tokens":
-            loss = ce_sum * (world * grad_accum / max(n_step, 1))
+            loss = summed * (world * grad_accum / max(n_step, 1))
         else:  # micro_mean: every micro-batch weighs the same, whatever its token count
-            loss = ce_sum / max(batch.n_label_tokens, 1)
+            loss = summed / max(batch.n_label_tokens, 1)
         engine.backward(loss)
         engine.step()
     return local_sum
@@ -96,7 +146,7 @@ NAN_ENV = "MEDTUNE_TEST_NAN_AT_STEPS"  # test hook: comma-separated steps whose 
 
 def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: TrainerState,
         log: MetricsLog, save: Callable[[TrainerState], Path], stop: Callable[[], bool],
-        say: Callable[[str], None]) -> str:
+        say: Callable[[str], None], kernels: Kernels, perf: Throughput) -> str:
     """Train from `state` (updated in place) to the end of the recipe.
 
     Returns why it ended: ``done``, ``signal`` (a stop was requested: the step
@@ -113,11 +163,12 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
     poisoned = {int(x) for x in os.environ.get(NAN_ENV, "").split(",") if x}
     bar = tqdm(total=total, initial=state.global_step, desc="train", unit="step",
                disable=rank != 0 or not recipe.logging.progress, dynamic_ncols=True)
+    first = True
     say(f"{len(data.packs)} packs of <= {data.max_tokens} tokens, {pps} packs per step, "
         f"{steps_per_epoch(data, pps)} steps/epoch, {total} steps on {world} ranks")
     try:
         while state.global_step < total:
-            plan = plan_epoch(data.pack_tokens, pps, world, recipe.data.seed, state.epoch)
+            plan = plan_epoch(data.pack_flops, pps, world, recipe.data.seed, state.epoch)
             step = plan[state.step_in_epoch]
             in_step = [p for slots in step.slots for p in slots if p is not None]
             n_step = sum(data.pack_labels[p] for p in in_step)
@@ -125,7 +176,7 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
             skipped = engine.skipped_steps
             began = time.perf_counter()
             local_sum = train_step(engine, data, step.slots[rank], n_step, world, t.loss_normalisation,
-                                   poison=state.global_step + 1 in poisoned)
+                                   kernels, poison=state.global_step + 1 in poisoned)
             # one collective per step: the loss, and whether any rank was asked to stop
             shared = torch.stack([local_sum, torch.tensor(float(stop()), dtype=torch.float64)])
             dist.all_reduce(shared)
@@ -142,13 +193,20 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
             state.bad_steps_in_row = state.bad_steps_in_row + 1 if bad else 0
             state.skipped_steps += int(bad)
             tokens = sum(data.pack_tokens[p] for p in in_step)
+            speed = perf.step(tokens, sum(data.pack_flops[p] for p in in_step), elapsed)
+            if first:  # optimizer states exist from the first step on
+                states = model_state_bytes(engine)
+                speed["memory/model_states_mib"] = sum(states.values()) / 2**20
+                say(f"model states on rank {rank}: {sum(states.values()) / 2**20:,.1f} MiB ("
+                    + ", ".join(f"{k} {v / 2**20:,.1f}" for k, v in states.items()) + ")")
+                first = False
             if state.global_step % recipe.logging.every == 0 or state.global_step == total or bad:
                 log.log(state.global_step, {
                     "train/loss": loss, "train/lr": lr,
                     "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
                     "train/tokens_per_s": tokens / elapsed,
                     "train/packing_fill": tokens / (pps * data.max_tokens),
-                    "train/skipped_steps": state.skipped_steps,
+                    "train/skipped_steps": state.skipped_steps, **speed,
                 })
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             bar.update(1)
@@ -169,13 +227,15 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
         return "done"
     finally:
         bar.close()
+        say(perf.summary())
 
 
 @torch.no_grad()
-def probe_logits(engine, data: PackedData) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_logits(engine, data: PackedData, attention: Choice) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the first sample alone (a collective): kept beside the export to check it."""
-    ids = torch.tensor([data.dataset[0]["input_ids"]], dtype=torch.long)
+    first = data.dataset[0]
+    batch = collate([(first["input_ids"], first["labels"])], data.pad_id)
     engine.module.eval()
-    logits = engine(input_ids=ids.to(engine.device), use_cache=False).logits.float().cpu()
+    logits = forward(engine, batch, engine.device, attention).float().cpu()
     engine.module.train()
-    return ids, logits
+    return batch.input_ids, logits

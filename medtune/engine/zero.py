@@ -7,7 +7,7 @@ from medtune.config import Recipe
 
 
 def build_config(recipe: Recipe, world: int, hidden_size: int, bf16: bool,
-                 grad_accum: int | None = None, load_universal: bool = False) -> dict:
+                 grad_accum: int | None = None, load_universal: bool = False, hpz: int = 1) -> dict:
     """A complete DeepSpeed config for `recipe` on `world` ranks.
 
     Bucket, prefetch and persistence sizes follow the usual rules of thumb
@@ -17,6 +17,9 @@ def build_config(recipe: Recipe, world: int, hidden_size: int, bf16: bool,
     two can never disagree. `grad_accum` overrides the recipe's when a run
     resumes on another number of ranks (the global batch stays the same);
     `load_universal` reads a universal checkpoint written by any world size.
+    `hpz` is the resolved ``zero.hierarchy`` (`medtune.comm.resolve`: 1 is
+    off); ``zero.quantized_*`` switch on qwZ/qgZ and ``logging.comm_log``
+    DeepSpeed's comms logger.
     """
     z = recipe.zero
     h2 = hidden_size * hidden_size
@@ -30,9 +33,16 @@ def build_config(recipe: Recipe, world: int, hidden_size: int, bf16: bool,
         "stage3_param_persistence_threshold": (10 * hidden_size if z.param_persistence_threshold == "auto"
                                                else z.param_persistence_threshold),
         "stage3_max_live_parameters": z.max_live_parameters,
-        "stage3_max_reuse_distance": z.max_live_parameters,
+        "stage3_max_reuse_distance": (z.max_live_parameters if z.max_reuse_distance == "auto"
+                                      else z.max_reuse_distance),
         "stage3_gather_16bit_weights_on_model_save": False,
     }
+    if hpz > 1:
+        zero["zero_hpz_partition_size"] = hpz
+    if z.quantized_weights:
+        zero["zero_quantized_weights"] = True
+    if z.quantized_gradients:
+        zero["zero_quantized_gradients"] = True
     if z.offload_optimizer == "cpu":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if z.offload_params == "cpu":
@@ -59,6 +69,8 @@ def build_config(recipe: Recipe, world: int, hidden_size: int, bf16: bool,
         "steps_per_print": 1 << 60,
         "wall_clock_breakdown": False,
     })
+    if recipe.logging.comm_log:
+        cfg["comms_logger"] = {"enabled": True, "prof_all": True, "verbose": False, "debug": False}
     if load_universal:
         cfg["checkpoint"] = {**cfg.get("checkpoint", {}), "load_universal": True}
     return cfg

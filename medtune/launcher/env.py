@@ -59,6 +59,8 @@ def discover(environ: Mapping[str, str] | None = None) -> RankEnv:
             continue  # a batch script, not one task of an srun step
         try:
             local_world = int(env[lw]) if lw and lw in env else None
+            if name == "torch" and local_world is None and "LOCAL_SIZE" in env:
+                local_world = int(env["LOCAL_SIZE"])  # DeepSpeed's launcher sets LOCAL_SIZE only
             if name == "slurm":
                 local_world = _slurm_tasks_on_node(env)
             found.append((name, int(env[rk]), int(env[ws]), int(env.get(lr, "0")), local_world))

@@ -16,20 +16,24 @@ from medtune.data.prepare import prepare
 from medtune.data.tokenize import IGNORE
 from medtune.engine import model as engine_model
 from medtune.engine.trainer import PackedData, total_steps
+from medtune.flops import FlopModel
 from medtune.kernels.loss import token_ce_sum
 from tests.conftest import RECIPES
 from tests.integration.helpers import load_weights, medtune, metrics, save_tiny_model, write_recipe
 
 WORLD, ACCUM, STEPS = 2, 2, 3
-SCALARS = ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/packing_fill")
+SCALARS = ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/packing_fill",
+           "perf/tokens_per_s", "perf/tokens_per_s_per_rank", "perf/tflops_per_rank")
 
 
-def _recipe(tmp: Path, init: Path, normalisation: str) -> Path:
-    return write_recipe(tmp / f"equiv-{normalisation}.yaml", {
+def _recipe(tmp: Path, init: Path, normalisation: str, loss: str = "standard") -> Path:
+    return write_recipe(tmp / f"equiv-{normalisation}-{loss}.yaml", {
         "base": str(RECIPES / "data" / "demo.yaml"),
         # activation checkpointing on: recomputation must not change a single gradient
-        "model": {"name_or_path": str(init), "dtype": "fp32", "attention": "sdpa",
+        "model": {"name_or_path": str(init), "dtype": "fp32",
                   "gradient_checkpointing": normalisation == "tokens"},
+        # attention: auto, the per-sample varlen kernel on CPU; small chunks so a row spans several
+        "kernels": {"attention": "auto", "loss": loss, "loss_chunk_tokens": 64},
         "data": {"max_tokens": 512},
         "train": {"max_steps": STEPS, "grad_accum": ACCUM, "lr": 1e-3, "warmup_steps": 1,
                   "scheduler": "cosine", "weight_decay": 0.1, "max_grad_norm": 1.0, "seed": 0,
@@ -52,12 +56,21 @@ def token_run(tmp_path_factory, init_model) -> tuple[Path, Path]:
     return recipe, tmp / "run"
 
 
+@pytest.fixture(scope="module")
+def chunked_run(tmp_path_factory, init_model) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("chunked-run")
+    recipe = _recipe(tmp, init_model, "tokens", loss="chunked")
+    medtune("train", str(recipe), "--run-dir", str(tmp / "run"))
+    return recipe, tmp / "run"
+
+
 def reference_weights(recipe_path: Path, init: Path) -> dict[str, torch.Tensor]:
     """The same 3 steps in one process: unpacked samples, right-padded, plain AdamW."""
-    from transformers import AutoModelForCausalLM, get_scheduler
+    from transformers import AutoConfig, AutoModelForCausalLM, get_scheduler
 
     recipe = config.load(recipe_path)
-    data = PackedData.build(prepare(recipe, log=lambda _: None).dataset, recipe.data.max_tokens, 0)
+    data = PackedData.build(prepare(recipe, log=lambda _: None).dataset, recipe.data.max_tokens, 0,
+                            FlopModel.from_config(AutoConfig.from_pretrained(init)))
     net = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32, attn_implementation="sdpa")
     net.train()
     t = recipe.train
@@ -65,7 +78,7 @@ def reference_weights(recipe_path: Path, init: Path) -> dict[str, torch.Tensor]:
                             betas=t.adam_betas, eps=t.adam_eps)
     sched = get_scheduler(t.scheduler, opt, num_warmup_steps=t.warmup_steps,
                           num_training_steps=total_steps(recipe, data, WORLD))
-    plan = plan_epoch(data.pack_tokens, WORLD * ACCUM, WORLD, recipe.data.seed, epoch=0)
+    plan = plan_epoch(data.pack_flops, WORLD * ACCUM, WORLD, recipe.data.seed, epoch=0)
     for step in plan[:STEPS]:
         ids = [i for slots in step.slots for p in slots if p is not None for i in data.packs[p]]
         rows = data.dataset[ids]
@@ -101,6 +114,18 @@ def test_zero3_packed_accumulated_matches_plain_pytorch(token_run, init_model):
     moved = max(((load_weights(run / "export")[k] - initial[k]).norm() / initial[k].norm()).item()
                 for k in errors)
     assert moved > 1e-3, "training did not change the weights"
+
+
+def test_chunked_loss_head_trains_like_the_standard_one(chunked_run, token_run, init_model):
+    """Under 2-rank ZeRO-3 with accumulation 2: the same losses and gradient norms, the same weights."""
+    recipe, run = chunked_run
+    standard = metrics(token_run[1])
+    for got, ref in zip(metrics(run), standard, strict=True):
+        for key in ("train/loss", "train/grad_norm"):
+            assert abs(got[key] - ref[key]) <= 1e-5 * abs(ref[key]), (got["step"], key, got[key], ref[key])
+    errors = relative_errors(load_weights(run / "export"), reference_weights(recipe, init_model))
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-4, f"{worst}: relative difference {errors[worst]:.2e}"
 
 
 def test_mean_of_micro_batch_means_is_caught(tmp_path, init_model):
@@ -151,3 +176,11 @@ def test_export_from_checkpoint_matches_the_run_export(token_run, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_each_rank_holds_half_of_the_model_states(token_run):
+    """fp32 ZeRO-3 with AdamW: 20 bytes per parameter (weights, master, two moments, gradients) in all."""
+    _, run = token_run
+    params = sum(t.numel() for t in load_weights(run / "export").values())
+    per_rank = metrics(run)[0]["memory/model_states_mib"] * 2**20
+    assert 0.5 <= per_rank / (20 * params) <= 0.55, per_rank / (20 * params)

@@ -17,6 +17,7 @@ def test_packed_row_matches_the_docstring():
     assert batch.cu_seqlens.tolist() == [0, 3, 5] and batch.cu_seqlens.dtype == torch.int32
     assert batch.max_seqlen == 3 and batch.n_samples == 2 and batch.n_tokens == 5
     assert batch.n_label_tokens == 2
+    assert batch.loss_positions.tolist() == [[1, 3]] and batch.targets.tolist() == [12, 21]
 
 
 def test_first_label_of_every_sample_is_ignored_even_if_labelled():
@@ -28,3 +29,4 @@ def test_empty_slot_is_one_unlabelled_token():
     batch = collate([], pad_id=3)
     assert batch.input_ids.tolist() == [[3]] and batch.labels.tolist() == [[X]]
     assert batch.n_tokens == 0 and batch.n_label_tokens == 0
+    assert batch.loss_positions.shape == (1, 0) and batch.targets.shape == (0,)

@@ -92,6 +92,12 @@ BAD = [
     ("bad override syntax", GOOD, ["train.lr"], "override 'train.lr' must look like section.key=value"),
     ("bad override value", GOOD, ["train.max_grad_norm=-1"], "command line: train.max_grad_norm = -1"),
     ("warmup ratio of one", _with(train={"warmup_ratio": 1.0}), [], "train.warmup_ratio = 1.0"),
+    ("attention where it used to be", _with(model={"attention": "sdpa"}), [],
+     "unknown key 'model.attention': it moved to kernels.attention"),
+    ("unknown attention backend", _with(kernels={"attention": "flash"}), [],
+     "kernels.attention = 'flash': must be 'auto', 'flash_attn', 'torch_varlen', 'sdpa_varlen'"),
+    ("unknown loss head", _with(kernels={"loss": "fused"}), [], "kernels.loss = 'fused': must be 'standard' or"),
+    ("zero peak", _with(logging={"peak_tflops": 0}), [], "logging.peak_tflops = 0: must be greater than 0"),
 ]
 
 

@@ -14,6 +14,12 @@ def test_torch_variables():
     assert e.source == "torch"
 
 
+def test_deepspeed_launcher_gives_ranks_per_node_as_local_size():
+    e = discover({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_SIZE": "2",
+                  "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
+    assert (e.local_rank, e.local_world) == (0, 2)
+
+
 def test_openmpi_single_node_defaults_to_loopback():
     e = discover({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2",
                   "OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"})

@@ -49,3 +49,30 @@ def test_users_deepspeed_json_must_be_stage_3(tmp_path):
     user.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
     with pytest.raises(ValueError, match="zero_optimization.stage = 2"):
         build_config(_recipe(f"zero.deepspeed_config={user}"), world=2, hidden_size=64, bf16=False)
+
+
+def test_hierarchy_quantization_and_comm_log_reach_deepspeed():
+    plain = build_config(_recipe(), world=4, hidden_size=64, bf16=False)
+    z = plain["zero_optimization"]
+    assert "zero_hpz_partition_size" not in z and "zero_quantized_weights" not in z
+    assert "zero_quantized_gradients" not in z and "comms_logger" not in plain
+    assert z["stage3_max_reuse_distance"] == z["stage3_max_live_parameters"] == 1_000_000_000
+    cfg = build_config(_recipe("zero.quantized_weights=true", "zero.quantized_gradients=true",
+                               "logging.comm_log=true", "zero.max_reuse_distance=5"),
+                       world=4, hidden_size=64, bf16=False, hpz=2)
+    z = cfg["zero_optimization"]
+    assert z["zero_hpz_partition_size"] == 2 and z["stage3_max_reuse_distance"] == 5
+    assert z["zero_quantized_weights"] is True and z["zero_quantized_gradients"] is True
+    assert cfg["comms_logger"] == {"enabled": True, "prof_all": True, "verbose": False, "debug": False}
+    assert "zero_hpz_partition_size" not in build_config(_recipe(), 4, 64, False, hpz=1)["zero_optimization"]
+
+
+def test_qwz_and_qgz_configs_are_accepted_by_deepspeed():
+    """What a GPU run gets: DeepSpeed parses the flags (they only fail later, in CUDA kernels)."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    cfg = build_config(_recipe("zero.quantized_weights=true", "zero.quantized_gradients=true"),
+                       world=16, hidden_size=4096, bf16=True, hpz=8)
+    parsed = DeepSpeedZeroConfig(**cfg["zero_optimization"])
+    assert parsed.zero_hpz_partition_size == 8
+    assert parsed.zero_quantized_weights and parsed.zero_quantized_gradients
