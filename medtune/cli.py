@@ -299,9 +299,7 @@ def _slurm(args) -> int:
 
 
 def _plan(args) -> int:
-    from medtune import plan
-
-    from medtune import comm
+    from medtune import comm, plan
 
     recipe = config.load(args.recipe, args.overrides, check_files=False)
     if args.nodes < 1 or args.gpus_per_node < 1:

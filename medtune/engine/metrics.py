@@ -91,12 +91,19 @@ class Throughput:
         return self._scalars(tokens, flops, seconds)
 
     def _scalars(self, tokens: int, flops: float, seconds: float) -> dict[str, float]:
+        from medtune.flops import mfu
+
         per_rank = flops / self.world / seconds / 1e12
         out = {"perf/tokens_per_s": tokens / seconds, "perf/tokens_per_s_per_rank": tokens / seconds / self.world,
                "perf/tflops_per_rank": per_rank}
         if self.peak_tflops:
-            out["perf/mfu"] = per_rank / self.peak_tflops
+            out["perf/mfu"] = mfu(flops, seconds, self.world, self.peak_tflops)
         return out
+
+    @property
+    def first_step(self) -> bool:
+        """Whether the step just recorded was this process's first."""
+        return self._seen == 1
 
     def summary(self) -> str:
         """One line for the end of the run (the mean over steps after the first)."""

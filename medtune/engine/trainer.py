@@ -163,7 +163,6 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
     poisoned = {int(x) for x in os.environ.get(NAN_ENV, "").split(",") if x}
     bar = tqdm(total=total, initial=state.global_step, desc="train", unit="step",
                disable=rank != 0 or not recipe.logging.progress, dynamic_ncols=True)
-    first = True
     say(f"{len(data.packs)} packs of <= {data.max_tokens} tokens, {pps} packs per step, "
         f"{steps_per_epoch(data, pps)} steps/epoch, {total} steps on {world} ranks")
     try:
@@ -194,12 +193,11 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
             state.skipped_steps += int(bad)
             tokens = sum(data.pack_tokens[p] for p in in_step)
             speed = perf.step(tokens, sum(data.pack_flops[p] for p in in_step), elapsed)
-            if first:  # optimizer states exist from the first step on
+            if perf.first_step:  # optimizer states exist from the first step on
                 states = model_state_bytes(engine)
                 speed["memory/model_states_mib"] = sum(states.values()) / 2**20
-                say(f"model states on rank {rank}: {sum(states.values()) / 2**20:,.1f} MiB ("
+                say(f"model states on rank {rank}: {speed['memory/model_states_mib']:,.1f} MiB ("
                     + ", ".join(f"{k} {v / 2**20:,.1f}" for k, v in states.items()) + ")")
-                first = False
             if state.global_step % recipe.logging.every == 0 or state.global_step == total or bad:
                 log.log(state.global_step, {
                     "train/loss": loss, "train/lr": lr,

@@ -114,7 +114,8 @@ def varlen_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int, device) -> dict:
 def _sdpa_varlen(module, query, key, value, attention_mask, dropout: float = 0.0,
                  scaling: float | None = None, medtune_bounds: tuple[int, ...] | None = None,
                  sliding_window: int | None = None, **_) -> tuple[torch.Tensor, None]:
-    bounds = _bounds(medtune_bounds, attention_mask)
+    _check_packed(medtune_bounds is not None, attention_mask)
+    bounds = medtune_bounds
     _check_window(sliding_window, bounds)
     gqa = query.shape[1] != key.shape[1]
     parts = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
@@ -130,7 +131,7 @@ def _flash_attn(module, query, key, value, attention_mask, dropout: float = 0.0,
                 sliding_window: int | None = None, **_) -> tuple[torch.Tensor, None]:
     from flash_attn import flash_attn_varlen_func
 
-    _require_varlen(cu_seq_lens_q, attention_mask)
+    _check_packed(cu_seq_lens_q is not None, attention_mask)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [L, H, D]
     window = (sliding_window - 1, 0) if sliding_window else (-1, -1)
     out = flash_attn_varlen_func(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q,
@@ -144,7 +145,7 @@ def _torch_varlen_attn(module, query, key, value, attention_mask, dropout: float
                        sliding_window: int | None = None, **_) -> tuple[torch.Tensor, None]:
     if dropout:
         raise ValueError("kernels.attention = torch_varlen has no attention dropout; use flash_attn")
-    _require_varlen(cu_seq_lens_q, attention_mask)
+    _check_packed(cu_seq_lens_q is not None, attention_mask)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     window = (sliding_window - 1, 0) if sliding_window else (-1, 0)  # (-1, 0): causal
     out = _torch_varlen()(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q,
@@ -152,17 +153,13 @@ def _torch_varlen_attn(module, query, key, value, attention_mask, dropout: float
     return out.unsqueeze(0), None
 
 
-def _bounds(bounds, attention_mask) -> tuple[int, ...]:
-    if bounds is None:
+def _check_packed(has_bounds: bool, attention_mask) -> None:
+    """A varlen backend needs the row's sample bounds and no attention mask."""
+    if not has_bounds:
         raise ValueError("a medtune varlen attention backend was called without the packed row's "
                          "sample bounds (call the model through medtune's trainer, or use sdpa)")
     if attention_mask is not None:
         raise ValueError("varlen attention takes packed rows without an attention mask")
-    return bounds
-
-
-def _require_varlen(cu_seqlens, attention_mask) -> None:
-    _bounds(() if cu_seqlens is not None else None, attention_mask)
 
 
 def _check_window(sliding_window: int | None, bounds: tuple[int, ...]) -> None:
