@@ -65,3 +65,12 @@ def load_weights(export_dir: Path) -> dict[str, torch.Tensor]:
     for f in sorted(export_dir.glob("*.safetensors")):
         out.update(load_file(str(f)))
     return out
+
+
+def assert_same_run(run: Path, baseline: Path) -> None:
+    """The same exported weights, bit for bit, and the same per-step losses as `baseline`."""
+    got, want = load_weights(run / "export"), load_weights(baseline / "export")
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), f"{k} differs from the uninterrupted run"
+    assert [m["train/loss"] for m in metrics(run)] == [m["train/loss"] for m in metrics(baseline)]

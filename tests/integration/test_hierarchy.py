@@ -19,7 +19,7 @@ import torch
 from medtune import comm
 from medtune.engine import comm_log
 from tests.conftest import RECIPES
-from tests.integration.helpers import load_weights, medtune, metrics, write_recipe
+from tests.integration.helpers import assert_same_run, load_weights, medtune, metrics, write_recipe
 from tests.integration.infra import free_port
 
 STEPS, SAVED = 3, 2
@@ -124,14 +124,6 @@ def resume_copy(source: Path, dest: Path) -> Path:
     order = (source / "data_order.jsonl").read_text().splitlines()[:SAVED]
     (dest / "data_order.jsonl").write_text("".join(line + "\n" for line in order))
     return dest
-
-
-def assert_same_run(run: Path, reference: Path) -> None:
-    got, want = load_weights(run / "export"), load_weights(reference / "export")
-    assert got.keys() == want.keys()
-    for k in want:
-        assert torch.equal(got[k], want[k]), f"{k} differs from the uninterrupted run"
-    assert [m["train/loss"] for m in metrics(run)] == [m["train/loss"] for m in metrics(reference)]
 
 
 @pytest.mark.parametrize("hierarchy", ["2", "off"], ids=["hpz-to-hpz", "hpz-to-off"])

@@ -24,7 +24,8 @@ from medtune import exitcodes
 from medtune.engine.checkpoint import FAIL_SAVE_ENV, HOLD_SAVE_ENV, MARKER, latest
 from medtune.engine.trainer import NAN_ENV
 from tests.conftest import RECIPES
-from tests.integration.helpers import load_weights, medtune, metrics, save_tiny_model, write_recipe
+from tests.integration.helpers import (assert_same_run, load_weights, medtune, metrics, save_tiny_model,
+                                       write_recipe)
 
 STEPS, SAVE_EVERY = 12, 4
 
@@ -67,14 +68,6 @@ def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float =
         assert proc.poll() is None, f"run ended early:\n{proc.stdout.read()[-4000:]}"
         time.sleep(0.05)
     raise TimeoutError(f"step {step} not reached")
-
-
-def assert_same_run(run: Path, baseline: Path) -> None:
-    got, want = load_weights(run / "export"), load_weights(baseline / "export")
-    assert got.keys() == want.keys()
-    for k in want:
-        assert torch.equal(got[k], want[k]), f"{k} differs from the uninterrupted run"
-    assert [m["train/loss"] for m in metrics(run)] == [m["train/loss"] for m in metrics(baseline)]
 
 
 def test_sigkill_then_resume_auto_is_bit_identical(recipe, baseline, tmp_path):
