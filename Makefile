@@ -12,20 +12,22 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
+# The versions the suite was proven with (see constraints.txt; `make lock` rewrites it).
+CONSTRAINTS := constraints.txt
 
-.PHONY: demo test flash clean
+.PHONY: demo test flash clean lock
 
-$(STAMP): setup.py
+$(STAMP): setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		echo "CUDA GPU found: installing torch==$(TORCH_VERSION) (CUDA build)"; \
-		$(BIN)/pip install -q torch==$(TORCH_VERSION); \
+		$(BIN)/pip install -q -c $(CONSTRAINTS) torch==$(TORCH_VERSION); \
 	else \
 		echo "no CUDA GPU: installing the CPU build torch==$(TORCH_VERSION)"; \
-		$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+		$(BIN)/pip install -q -c $(CONSTRAINTS) torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	touch $@
 
 demo: $(STAMP)
@@ -36,6 +38,12 @@ test: $(STAMP)
 
 flash: $(STAMP)
 	$(BIN)/pip install -e '.[flash]' --no-build-isolation
+
+# After installing newer versions into .venv and running `make test` green with them:
+# write them down as the versions everyone installs.
+lock:
+	@{ sed -n '/^#/p' $(CONSTRAINTS); $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -77,6 +77,7 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
         dtype = torch.bfloat16 if bf16 else torch.float32
         kernels = _kernels(recipe, torch.device("cuda" if on_gpu else "cpu"), dtype, model.head_dim(hf_cfg))
         say(f"attention: {kernels.attention.backend} ({kernels.attention.why}); loss head: {kernels.loss}")
+        _probe_isolation(hf_cfg, kernels.attention, torch.device("cuda" if on_gpu else "cpu"), dtype, say)
         net = model.build(recipe.model, ds_cfg, dtype, kernels.attention.implementation)
         if me.rank == 0:
             _write_run_files(run, ds_cfg, net, tokenizer)
@@ -140,6 +141,26 @@ def _kernels(recipe: config.Recipe, device, dtype, head_dim: int):
     except ValueError as err:
         raise UserError(str(err)) from None
     return Kernels(attention, k.loss, k.loss_chunk_tokens)
+
+
+def _probe_isolation(hf_cfg, attention, device, dtype, say) -> None:
+    """Refuse the run (one line) if `attention` lets a packed row's samples see each other here.
+
+    Runs before `model.build` creates the `HfDeepSpeedConfig` (the probe's tiny
+    model must not be built inside ``zero.Init``); see `medtune.kernels.isolation`.
+    """
+    from medtune.data.collator import collate
+    from medtune.engine.trainer import model_inputs
+    from medtune.kernels.isolation import check
+
+    def inputs_for(lengths):
+        inputs = model_inputs(collate([([3] * n, [3] * n) for n in lengths], pad_id=0), device, attention)
+        del inputs["input_ids"]
+        return inputs
+
+    result = check(hf_cfg, attention.backend, attention.implementation, inputs_for, device, dtype)
+    say(f"attention probe: {attention.backend} keeps packed samples apart "
+        f"(relative logit difference {result.max_difference:.1e}, {result.family} family)")
 
 
 def data_digest(prepared) -> str:
