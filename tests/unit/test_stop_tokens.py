@@ -38,6 +38,10 @@ LLAMA2 = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[IN
 # A template whose assistant turn ends in no special token at all.
 BARE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}"
         "{% if add_generation_prompt %}assistant: {% endif %}")
+# GLM-4's: the next role marker closes an assistant turn, so a conversation that ends with the
+# answer has no terminator after it (the case huggingface/trl#5988 found untrained).
+GLM = ("[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% endfor %}"
+       "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 GEMMA = dict(model_type="gemma", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=1, head_dim=16, vocab_size=1024,
              max_position_embeddings=1024)
@@ -99,9 +103,11 @@ def test_chatml_turn_is_trained_up_to_im_end_and_stops_there(chatml_dir):
 @pytest.mark.parametrize("template,response,append_eos", [
     (LLAMA2, " yes </s>", False),      # the turn ends in EOS itself
     (BARE, "yes\n\n", True),           # no special token ends the turn: EOS is appended
+    (GLM, "yes", True),                # role markers are special, but none follows the answer
 ])
 def test_other_turn_endings_stop_on_eos(base_dir, template, response, append_eos):
     tok = _tok(base_dir, template)
+    tok.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>"]})
     r = render(REC, "chat", tok)
     assert (r.response, r.append_eos) == (response, append_eos)
     assert _last_label(encode(r, tok, 4096)) == 2
@@ -201,3 +207,7 @@ def test_generate_default_stops_on_the_exports_generation_config(chatml_dir):
     model.generation_config = GenerationConfig(eos_token_id=[2, 1001])
     [answer] = gen.generate(model, tok, [[1, 5, 6]], max_new_tokens=8)
     assert answer == "yes" and model.kwargs["eos_token_id"] == [2, 1001]
+    # a generation config naming only the turn terminator adds to the tokenizer's EOS, never
+    # replaces it (Blaizzy/mlx-vlm#2112: a config's EOS replaced the tokenizer's, generation ran on)
+    model.generation_config = GenerationConfig(eos_token_id=1001)
+    assert gen.stop_ids(model, tok) == [2, 1001]
