@@ -9,7 +9,10 @@ The paper's format (Rohanian et al. 2024)::
 The prompt ends at ``### Output:``; the response is `` {output}`` and the
 tokenizer's EOS follows it. Loss falls on the response and EOS only. With
 ``chat``, the tokenizer's own chat template renders a user turn (instruction,
-blank line, input) and an assistant turn (output).
+blank line, input) and an assistant turn (output), cut just after the special
+token that ends the turn (`end_of_turn`: ChatML's ``<|im_end|>``, Llama 3's
+``<|eot_id|>``); a template whose turns end in no special token gets the
+tokenizer's EOS appended. Loss falls on the assistant turn up to that token.
 
 Corpus records carry no instruction: each draws one from its source's pool
 of paraphrases (`POOLS`), by a hash of (seed, source name, record index), so
@@ -168,5 +171,43 @@ def render(record: Record, template: str, tokenizer=None) -> Rendered:
         if not full.startswith(prompt):
             raise ValueError("the tokenizer's chat template does not render the prompt as a prefix "
                              "of the full conversation; use data.template: paper")
-        return Rendered(prompt, full[len(prompt):], False, False)
+        response, terminated = end_of_turn(full[len(prompt):], record.output, tokenizer)
+        return Rendered(prompt, response, False, not terminated)
     raise ValueError(f"unknown template {template!r}")
+
+
+def special_tokens(tokenizer) -> list[str]:
+    """Every special token's text: the named ones and added tokens marked special."""
+    named = list(tokenizer.all_special_tokens)
+    added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+    return list(dict.fromkeys(named + added))
+
+
+def end_of_turn(response: str, content: str, tokenizer) -> tuple[str, bool]:
+    """An assistant turn cut just after the special token that ends it.
+
+    `response` is what a chat template writes for the assistant turn after
+    the generation prompt (``"yes<|im_end|>\\n"`` in ChatML), `content` the
+    assistant message. The first special token after the content ends the
+    turn: it is what the model must learn to emit and what generation stops
+    on (`medtune.data.tokenize.stop_token_ids`). Text the template writes
+    after it (ChatML's newline) is dropped: the model never generates it,
+    so it is not trained. Returns ``(response, True)`` cut after that token,
+    or ``(response, False)`` when the turn ends in no special token (the
+    caller then appends the tokenizer's EOS). With ChatML,
+    ``end_of_turn("yes<|im_end|>\\n", "yes", tok) == ("yes<|im_end|>", True)``.
+    """
+    start = 0
+    for text in (content, content.strip()):
+        at = response.find(text) if text else -1
+        if at >= 0:
+            start = at + len(text)
+            break
+    best = None
+    for tok in special_tokens(tokenizer):
+        at = response.find(tok, start)
+        if at >= 0 and (best is None or (at, -len(tok)) < (best[0], -len(best[1]))):
+            best = (at, tok)
+    if best is None:
+        return response, False
+    return response[:best[0] + len(best[1])], True

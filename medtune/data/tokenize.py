@@ -100,3 +100,33 @@ def _by_offsets(r: Rendered, ids: list[int], offsets, tokenizer, max_tokens: int
     prompt_tokens = next((i for i, lab in enumerate(labels) if lab != IGNORE), len(ids))
     n_labels = sum(1 for x in labels[1:max_tokens] if x != IGNORE)
     return Encoded(ids[:max_tokens], labels[:max_tokens], prompt_tokens, len(ids) > max_tokens, n_labels)
+
+
+# Conversations of different answer shapes (a label, tagged lines, free text)
+# whose tokenized labels show which token ends an assistant turn.
+_PROBES = (("Answer yes, no or maybe.", "Is this a probe?", "yes"),
+           ("Tag each token.", "Patients with fever .", "Patients : O\nwith : O\nfever : B\n. : O"),
+           ("Describe the finding.", "", "A small effusion, no other finding."))
+
+
+def stop_token_ids(tokenizer, template: str) -> list[int]:
+    """The ids generation must stop on: the tokenizer's EOS, then every token that ends a trained answer.
+
+    Derived from what training does, not from the template's text: probe
+    conversations are rendered (`medtune.data.templates.render`) and encoded
+    as training encodes them, and the last labelled id of each is the token
+    the model learns to emit last. The paper template gives ``[eos]``; ChatML
+    on a base tokenizer (Qwen2.5 base: EOS ``<|endoftext|>``) gives
+    ``[eos, id of <|im_end|>]``. Raises `ValueError` when the template cannot
+    render (``chat`` on a tokenizer without a chat template).
+    """
+    from medtune.data.formats.records import Record
+    from medtune.data.templates import render
+
+    stops = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    for instruction, text, output in _PROBES:
+        enc = encode(render(Record(instruction, text, output), template, tokenizer), tokenizer, 1 << 20)
+        last = next(x for x in reversed(enc.labels) if x != IGNORE)
+        if last not in stops:
+            stops.append(last)
+    return stops

@@ -1,6 +1,8 @@
 """Hugging Face exports from ZeRO-3 shards, verified after every write.
 
-The export directory holds ``config.json``, the tokenizer and safetensors
+The export directory holds ``config.json``, ``generation_config.json`` (both
+with the tokenizer's special token ids and the template's stop tokens,
+`write_hf_dir`), the tokenizer and safetensors
 weights (sharded with an index when large) that
 ``AutoModelForCausalLM.from_pretrained`` loads. After writing, `verify`
 reads the files back and checks every tensor the config implies is there,
@@ -24,6 +26,49 @@ HF_DIR = "hf"  # RUN_DIR/hf: config, generation config and tokenizer, written at
 
 class ExportError(UserError):
     """An export that would not load, or would load as the wrong model."""
+
+
+def special_token_ids(tokenizer, stop_ids=()) -> dict:
+    """The ``bos_token_id``/``eos_token_id``/``pad_token_id`` a config and generation config carry.
+
+    bos and pad are the tokenizer's (``None`` where it has none). eos is the
+    tokenizer's EOS followed by every other id in `stop_ids` (the tokens that
+    end a trained answer, `medtune.data.tokenize.stop_token_ids`): an int when
+    that is one id, a list otherwise, the form transformers' `GenerationConfig`
+    takes for several stop tokens (as Llama 3.1 Instruct's export writes it).
+    """
+    eos = list(dict.fromkeys(i for i in (tokenizer.eos_token_id, *stop_ids) if i is not None))
+    return {"bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": (eos[0] if len(eos) == 1 else eos) if eos else None,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
+def write_hf_dir(hf_dir: Path, net, tokenizer, stop_ids=()) -> None:
+    """``config.json``, ``generation_config.json`` and the tokenizer, as every export of the run carries them.
+
+    Both configs take their special token ids from the tokenizer and the
+    template (`special_token_ids`), so plain ``generate`` on the export
+    stops where the model was trained to stop, whatever ids the model's own
+    config held (an inline Gemma config defaults to bos/eos/pad = 2/1/0).
+    The KV cache, off for training, is on again for generation.
+    """
+    import copy
+
+    from transformers import GenerationConfig
+
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    ids = special_token_ids(tokenizer, stop_ids)
+    cfg = copy.deepcopy(net.config)
+    cfg.use_cache = True
+    for key, value in ids.items():
+        setattr(cfg, key, value)
+    cfg.save_pretrained(hf_dir)
+    gen = (copy.deepcopy(net.generation_config) if getattr(net, "generation_config", None) is not None
+           else GenerationConfig.from_model_config(cfg))
+    for key, value in ids.items():
+        setattr(gen, key, value)
+    gen.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
 
 
 def gather_and_save(engine, run_dir: Path, out_dir: Path, rank: int) -> None:

@@ -58,6 +58,7 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
                                timeout=timedelta(minutes=recipe.launch.timeout_minutes))
     log = None
     try:
+        from medtune.data.tokenize import stop_token_ids
         from medtune.data.tokenizer import load as load_tokenizer
         from medtune.engine import export, model, trainer, zero
         from medtune.engine.metrics import MetricsLog, Throughput
@@ -78,9 +79,11 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
         kernels = _kernels(recipe, torch.device("cuda" if on_gpu else "cpu"), dtype, model.head_dim(hf_cfg))
         say(f"attention: {kernels.attention.backend} ({kernels.attention.why}); loss head: {kernels.loss}")
         _probe_isolation(hf_cfg, kernels.attention, torch.device("cuda" if on_gpu else "cpu"), dtype, say)
-        net = model.build(recipe.model, ds_cfg, dtype, kernels.attention.implementation)
+        # the tokens that end a trained answer: the export's (and eval's) stop tokens
+        stop_ids = stop_token_ids(tokenizer, recipe.data.template)
+        net = model.build(recipe.model, ds_cfg, dtype, kernels.attention.implementation, tokenizer, stop_ids)
         if me.rank == 0:
-            _write_run_files(run, ds_cfg, net, tokenizer)
+            _write_run_files(run, ds_cfg, net, tokenizer, stop_ids)
             comm.write_plan(run, zplan)
         data = trainer.PackedData.build(prepared.dataset, recipe.data.max_tokens,
                                         tokenizer.pad_token_id if tokenizer.pad_token_id is not None
@@ -223,23 +226,15 @@ def _scheduler(recipe: config.Recipe, steps: int):
     return lambda opt: get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=steps)
 
 
-def _write_run_files(run: Path, ds_cfg: dict, net, tokenizer) -> None:
+def _write_run_files(run: Path, ds_cfg: dict, net, tokenizer, stop_ids: list[int]) -> None:
     """What a later export or resume needs: the model config and tokenizer, the configs used."""
-    import copy
     import json
 
-    from medtune.engine.export import HF_DIR
+    from medtune.engine.export import HF_DIR, write_hf_dir
 
     run.mkdir(parents=True, exist_ok=True)
     (run / "deepspeed_config.json").write_text(json.dumps(ds_cfg, indent=2))
-    hf = run / HF_DIR
-    hf.mkdir(exist_ok=True)
-    cfg = copy.deepcopy(net.config)
-    cfg.use_cache = True  # training turns the KV cache off; generation wants it back
-    cfg.save_pretrained(hf)
-    if net.generation_config is not None:
-        net.generation_config.save_pretrained(hf)
-    tokenizer.save_pretrained(hf)
+    write_hf_dir(run / HF_DIR, net, tokenizer, stop_ids)
 
 
 def _say(rank: int):

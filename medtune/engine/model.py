@@ -6,12 +6,23 @@ import torch
 from medtune.config import ModelConfig
 
 
-def hf_config(model: ModelConfig):
-    """The model's transformers config, without loading any weights."""
+def hf_config(model: ModelConfig, tokenizer=None, stop_ids=()):
+    """The model's transformers config, without loading any weights.
+
+    With a `tokenizer`, an inline config's bos/eos/pad ids are the
+    tokenizer's (eos: with the template's `stop_ids`, see
+    `medtune.engine.export.special_token_ids`): a family's defaults (Gemma:
+    bos/eos/pad = 2/1/0) would otherwise name other tokens than the data's,
+    and the embedding row of a wrong pad id would never train.
+    """
     from transformers import AutoConfig
 
     if model.config is not None:
         cfg = dict(model.config)
+        if tokenizer is not None:
+            from medtune.engine.export import special_token_ids
+
+            cfg.update(special_token_ids(tokenizer, stop_ids))
         return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     return AutoConfig.from_pretrained(model.name_or_path, revision=model.revision,
                                       trust_remote_code=model.trust_remote_code)
@@ -22,14 +33,16 @@ def head_dim(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
-def build(model: ModelConfig, ds_config: dict, dtype: torch.dtype, attn_implementation: str):
+def build(model: ModelConfig, ds_config: dict, dtype: torch.dtype, attn_implementation: str,
+          tokenizer=None, stop_ids=()):
     """The model, partitioned across ranks as it is created.
 
     With an `HfDeepSpeedConfig` alive, transformers creates every parameter
     inside `deepspeed.zero.Init`, so no rank ever holds the whole model (and
     ``from_pretrained`` loads each weight into its shards).
     `attn_implementation` is a name transformers knows (its own or one
-    `medtune.kernels.attention` registered).
+    `medtune.kernels.attention` registered). `tokenizer` and `stop_ids` set
+    an inline config's special token ids (`hf_config`).
     """
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
@@ -38,7 +51,7 @@ def build(model: ModelConfig, ds_config: dict, dtype: torch.dtype, attn_implemen
     handle = HfDeepSpeedConfig(ds_config)  # noqa: F841 (transformers keeps only a weak reference)
     common = dict(attn_implementation=attn_implementation, dtype=dtype)
     if model.config is not None:
-        net = AutoModelForCausalLM.from_config(hf_config(model), **common)
+        net = AutoModelForCausalLM.from_config(hf_config(model, tokenizer, stop_ids), **common)
     else:
         net = AutoModelForCausalLM.from_pretrained(model.name_or_path, revision=model.revision,
                                                    trust_remote_code=model.trust_remote_code, **common)

@@ -4,8 +4,10 @@ The prompt is rendered by `medtune.data.templates.render` and tokenized as
 `medtune.data.tokenize.encode_batch` tokenizes it (the same
 ``add_special_tokens``), so its ids are exactly the prompt ids the model was
 trained on (``encode(...).input_ids[:prompt_tokens]``). Prompts are batched
-with left padding and decoded greedily (or with beams) until EOS or
-``max_new_tokens``.
+with left padding and decoded greedily (or with beams) until a stop token or
+``max_new_tokens``: the tokenizer's EOS and every id the export's generation
+config lists (the template's turn terminator, ChatML's ``<|im_end|>``); the
+answer is cut at the first stop token.
 
 With ``RANK``/``WORLD_SIZE`` set (``torchrun --nproc_per_node N -m medtune.cli eval ...``,
 or any launcher `medtune.launcher.env.discover` knows), rank r generates
@@ -70,14 +72,51 @@ def prompt_ids(record: Record, template: str, tokenizer) -> list[int]:
     return tokenizer(r.prompt, add_special_tokens=r.add_special_tokens)["input_ids"]
 
 
+def stop_ids(model, tokenizer, extra: Sequence[int] = ()) -> list[int]:
+    """The ids generation stops on: the tokenizer's EOS, the model's generation-config
+    ``eos_token_id`` (one id or a list; a medtune export lists the template's turn
+    terminator there) and `extra` (e.g. `medtune.data.tokenize.stop_token_ids`)."""
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    gen_eos = gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]
+    return list(dict.fromkeys(i for i in (tokenizer.eos_token_id, *gen_eos, *extra) if i is not None))
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any stop string (whole text when none occurs).
+
+    ``cut_at_stop("yes<|im_end|>\\nyes", ["</s>", "<|im_end|>"]) == "yes"``.
+    """
+    at = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return text[:at]
+
+
+def answer_text(ids: Sequence[int], tokenizer, stops: Sequence[int]) -> str:
+    """The answer in generated ids: cut before the first stop id, decoded, cut at the first stop string.
+
+    Everything after the first stop token is not the answer (a batch row that
+    went on, or a model that was never told to stop there): ids
+    ``yes <|im_end|> \\n yes`` give ``"yes"``. The text is cut again at any
+    stop token's string, which a tokenizer may also produce from plain pieces.
+    """
+    ids, stop_set = list(ids), set(stops)
+    first = next((k for k, i in enumerate(ids) if i in stop_set), len(ids))
+    text = tokenizer.decode(ids[:first], skip_special_tokens=True)
+    return cut_at_stop(text, [t for t in tokenizer.convert_ids_to_tokens(list(stops)) if t]).strip()
+
+
 def generate(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int = 512,
              num_beams: int = 1, batch_size: int = 8, device: str = "cpu",
-             progress: Callable[[int], None] | None = None) -> list[str]:
-    """Answers for token-id prompts: batched (longest first), left-padded, greedy unless beams > 1."""
+             progress: Callable[[int], None] | None = None,
+             stop: Sequence[int] | None = None) -> list[str]:
+    """Answers for token-id prompts: batched (longest first), left-padded, greedy unless beams > 1.
+
+    Generation stops on every id of `stop` (default: `stop_ids` of the model
+    and tokenizer) and each answer is cut at the first of them (`answer_text`).
+    """
     import torch
 
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    eos = list(stop) if stop else stop_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
@@ -94,7 +133,7 @@ def generate(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int
                                  max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
                                  eos_token_id=eos, pad_token_id=pad)
         for row, i in enumerate(batch):
-            answers[i] = tokenizer.decode(out[row, width:].tolist(), skip_special_tokens=True).strip()
+            answers[i] = answer_text(out[row, width:].tolist(), tokenizer, eos)
         if progress:
             progress(len(batch))
     return answers

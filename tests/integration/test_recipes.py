@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 from pathlib import Path
 
@@ -64,6 +65,16 @@ def test_each_family_trains_two_steps_under_two_rank_zero3(family, model_recipe,
     medtune("train", str(recipe), "--run-dir", str(run))
     assert [m["step"] for m in metrics(run)] == [1, 2]
     assert (run / "hf" / "config.json").read_text().count(f'"model_type": "{FAMILIES[family].model_type}"') == 1
+    # the export stops where training taught it to: the trained tokenizer's <s> = 1, </s> = 2, no
+    # pad (qwen2's inline config has no bos/eos at all), and </s> ends every trained sample
+    from medtune.data.prepare import prepare
+    from medtune.data.tokenize import IGNORE
+
+    last = {next(x for x in reversed(y) if x != IGNORE) for y in prepare(r, log=lambda _: None).dataset["labels"]}
+    assert last == {2}
+    for name in ("config.json", "generation_config.json"):
+        saved = json.loads((run / "export" / name).read_text())
+        assert (saved["bos_token_id"], saved["eos_token_id"], saved.get("pad_token_id")) == (1, 2, None), name
 
 
 def _deepspeed_cold_gib(params: int, largest: int, gpus: int, nodes: int) -> float:
