@@ -119,8 +119,9 @@ def _eval_parser(verbs) -> None:
                                       "and write OUT/results.json and OUT/results.md as `medtune eval` does. "
                                       "GENERATIONS.jsonl: one object per line with `set` (the set's name; "
                                       "optional for a single set), `index` (record number) or `input` "
-                                      "(record text), the generated text as `answer`, `output` or "
-                                      "`prediction`, and optionally `gold` (checked against the set).")
+                                      "(record text) or neither (file order), the generated text as "
+                                      "`answer`, `output`, `prediction` or `predict`, and optionally "
+                                      "`gold` or `label` (checked against the set).")
     sc.add_argument("generations", help="JSONL of generations, e.g. an earlier OUT/generations.jsonl")
     sc.add_argument("--recipe", required=True, help="evaluation recipe whose sets the file answers")
     sc.add_argument("--out", default="eval-results", help="report directory (default eval-results)")

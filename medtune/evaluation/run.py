@@ -152,8 +152,11 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-ANSWER_KEYS = ("answer", "output", "prediction")
-"""The keys a generations file may carry the generated text under (exactly one per line)."""
+ANSWER_KEYS = ("answer", "output", "prediction", "predict")
+"""The keys a generations file may carry the generated text under (exactly one per line);
+``predict`` is LLaMA-Factory's ``generated_predictions.jsonl``."""
+GOLD_KEYS = ("gold", "label")
+"""The keys of the optional gold output text (``label``: LLaMA-Factory's)."""
 
 
 def read_generations(path: Path, loaded: list) -> list:
@@ -164,10 +167,12 @@ def read_generations(path: Path, loaded: list) -> list:
     * ``set``: the set's name in the recipe (may be left out when one set is scored);
     * ``index`` (or ``id``): the record number in the split (``generations.jsonl`` of
       `medtune eval` has it), or ``input``: the record's input text (whitespace normalised;
-      a repeated input takes the first sample of that input not yet taken);
-    * exactly one of ``answer``, ``output``, ``prediction``: the generated text;
-    * ``gold`` (optional): the record's output text; when given it must equal the set's,
-      which catches a file generated from another split or order.
+      a repeated input takes the first sample of that input not yet taken); with neither,
+      the line answers the set's first record not yet answered (file order, as
+      LLaMA-Factory's ``generated_predictions.jsonl`` is written);
+    * exactly one of ``answer``, ``output``, ``prediction``, ``predict``: the generated text;
+    * ``gold`` or ``label`` (optional): the record's output text; when given it must equal
+      the set's (ends stripped), which catches a file made from another split or order.
 
     `loaded`: ``(EvalSet, samples, malformed)`` per set. Returns ``(EvalSet, samples,
     malformed, answers)`` for every set the file has lines for, each of its samples
@@ -224,10 +229,14 @@ def read_generations(path: Path, loaded: list) -> list:
                 raise UserError(f"{where}: input matches no {'other ' if same else ''}record of set {name}")
             index = free[0]
         else:
-            raise UserError(f"{where}: no `index` (record number) or `input` (record text) key")
+            free = [x.index for x in samples if x.index not in taken]
+            if not free:
+                raise UserError(f"{where}: set {name} has {len(samples)} records and all are answered "
+                                "already (give `index` or `input` to say which record a line answers)")
+            index = free[0]
         if index in taken:
             raise UserError(f"{where}: set {name} record {index} already answered on line {taken[index][1]}")
-        gold = row.get("gold")
+        gold = next((row[k] for k in GOLD_KEYS if k in row), None)
         if gold is not None and (not isinstance(gold, str) or gold.strip() != samples[index].record.output.strip()):
             raise UserError(f"{where}: gold differs from record {index} of set {name} "
                             f"({s.path}, split {s.split}): the file was made from other data")

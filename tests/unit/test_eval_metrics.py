@@ -275,3 +275,12 @@ def test_position_aligned_rule_in_both_modes_beside_the_seeds(case):
 def test_ner_prf_refuses_an_unknown_mode():
     with pytest.raises(ValueError, match="mode 'loose'"):
         metrics.ner_prf([("B",)], [("B",)], typed=False, mode="loose")
+
+
+def test_seqeval_issue_23_an_entity_opened_by_I_counts_only_in_lenient_mode():
+    """chakki-works/seqeval#23: gold B-Phone I-Phone, predicted I-Phone I-Phone is 1.0 in the
+    default mode and 0.0 in strict IOB2; medtune reports both, the seed's score is the default mode's."""
+    s = metrics.score_set("ner-typed", ["(978) 934-3623"], [("B-PHONE", "I-PHONE")],
+                          ["(978) : I-PHONE\n934-3623 : I-PHONE"])
+    assert (s.metrics["f1"], s.metrics["lenient"]["f1"], s.seed_compat["f1"]) == (0.0, 1.0, 1.0)
+    assert s.metrics["pred_entities"] == 0 and s.metrics["lenient"]["pred_entities"] == 1

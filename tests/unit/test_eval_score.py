@@ -15,6 +15,7 @@ from tests.conftest import RECIPES, needs_shared_data
 pytestmark = needs_shared_data()
 
 SLICE = str(RECIPES / "eval" / "shared-slice.yaml")
+N = "ncbi-disease-test"
 
 
 def _answer(record) -> str:
@@ -71,11 +72,23 @@ def test_score_matches_by_input_in_any_order_with_other_keys(evaluated, tmp_path
     assert _sets(got)["ncbi-disease-test"] == _sets(results)["ncbi-disease-test"]
 
 
+def test_llama_factory_predictions_score_in_file_order(evaluated, tmp_path):
+    """LLaMA-Factory's do_predict writes {"prompt", "predict", "label"} per line, in dataset order."""
+    out, results = evaluated
+    samples, _ = sets.read_set(sets.load(SLICE).sets[0])
+    rows = [{"prompt": "<the rendered prompt>", "predict": _answer(x.record), "label": "\n" + x.record.output}
+            for x in samples]                  # LLaMA-Factory issue 4177: labels with a leading newline
+    f = tmp_path / "generated_predictions.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert cli.main(["score", str(f), "--recipe", SLICE, "--sets", N, "--out", str(tmp_path / "o")]) == 0
+    got = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert _sets(got)[N] == _sets(results)[N]
+
+
 def _line(name, index, answer="x : O", **extra):
     return json.dumps({"set": name, "index": index, "answer": answer, **extra})
 
 
-N = "ncbi-disease-test"
 GOOD = [_line(N, i) for i in range(4)]
 
 BAD = {
@@ -87,7 +100,11 @@ BAD = {
                         "found answer, output"),
     "index out of range": (GOOD + [_line(N, 4)], ":5: index = 4: set ncbi-disease-test has records 0..3"),
     "answered twice": (GOOD + [_line(N, 2)], ":5: set ncbi-disease-test record 2 already answered on line 3"),
-    "no index or input": (GOOD[:3] + [json.dumps({"set": N, "answer": "a"})], ":4: no `index`"),
+    "one line too many": (GOOD + [json.dumps({"set": N, "answer": "a"})],
+                          ":5: set ncbi-disease-test has 4 records and all are answered already"),
+    # LLaMA-Factory issue 5023: every `label` of generated_predictions.jsonl came back as "9."
+    "llama-factory labels not the data's": ([json.dumps({"set": N, "prompt": "p", "predict": "a", "label": "9."})],
+                                            ":1: gold differs from record 0"),
     "unknown input": (GOOD[:3] + [json.dumps({"set": N, "input": "not a sentence", "answer": "a"})],
                       ":4: input matches no record"),
     "gold differs": (GOOD[:3] + [_line(N, 3, gold="x : O")], ":4: gold differs from record 3"),
