@@ -237,7 +237,8 @@ def read_generations(path: Path, loaded: list) -> list:
         if index in taken:
             raise UserError(f"{where}: set {name} record {index} already answered on line {taken[index][1]}")
         gold = next((row[k] for k in GOLD_KEYS if k in row), None)
-        if gold is not None and (not isinstance(gold, str) or gold.strip() != samples[index].record.output.strip()):
+        want = samples[index].record.output.strip()
+        if gold is not None and (not isinstance(gold, str) or gold.strip() != want):
             raise UserError(f"{where}: gold differs from record {index} of set {name} "
                             f"({s.path}, split {s.split}): the file was made from other data")
         taken[index] = (row[keys[0]], n)
