@@ -110,7 +110,24 @@ def _eval_parser(verbs) -> None:
     ev.add_argument("--num-beams", type=int, help="override generation.num_beams (1: greedy)")
     ev.add_argument("--batch-size", type=int, help="override generation.batch_size")
     ev.add_argument("--seed-compat", action="store_true",
-                    help="also report the seed's token-keyed NER score (repeated tokens collapse)")
+                    help="kept for old command lines: the seed's token-keyed NER score is always "
+                         "reported now, beside the strict and lenient position-aligned scores")
+
+    sc = verbs.add_parser("score", help="score a file of existing generations as `eval` would",
+                          description="Score generations made elsewhere (another tool, an earlier run) "
+                                      "against an evaluation recipe's held-out sets, without generating, "
+                                      "and write OUT/results.json and OUT/results.md as `medtune eval` does. "
+                                      "GENERATIONS.jsonl: one object per line with `set` (the set's name; "
+                                      "optional for a single set), `index` (record number) or `input` "
+                                      "(record text) or neither (file order), the generated text as "
+                                      "`answer`, `output`, `prediction` or `predict`, and optionally "
+                                      "`gold` or `label` (checked against the set).")
+    sc.add_argument("generations", help="JSONL of generations, e.g. an earlier OUT/generations.jsonl")
+    sc.add_argument("--recipe", required=True, help="evaluation recipe whose sets the file answers")
+    sc.add_argument("--out", default="eval-results", help="report directory (default eval-results)")
+    sc.add_argument("--limit", type=int, help="score at most the first N records per set")
+    sc.add_argument("--sets", help="comma-separated set names to score (default: all the recipe's)")
+    sc.add_argument("--model", help="the name the report gives the model (default: the file's path)")
 
 
 def _resume_args(p: argparse.ArgumentParser) -> None:
@@ -132,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         verbs = {"prepare": _prepare, "train": _train, "launch": _launch, "slurm": _slurm,
                  "plan": _plan, "doctor": _doctor, "export": _export,
-                 "eval": _eval}
+                 "eval": _eval, "score": _score}
         return verbs[args.verb](args)
     except config.RecipeError as err:
         for line in err.problems:
@@ -418,10 +435,25 @@ def _eval(args) -> int:
         raise UserError(f"--limit {args.limit}: must be at least 1")
     only = [x.strip() for x in args.sets.split(",") if x.strip()] if args.sets else None
     out = Path(args.out).resolve()
-    results = evaluate(args.model, recipe, out, args.recipe, args.limit, only, args.seed_compat)
+    results = evaluate(args.model, recipe, out, args.recipe, args.limit, only)
     if results is not None:
         print((out / "results.md").read_text())
         print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return exitcodes.OK
+
+
+def _score(args) -> int:
+    from medtune.evaluation import sets
+    from medtune.evaluation.run import score
+
+    recipe = sets.load(args.recipe)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: must be at least 1")
+    only = [x.strip() for x in args.sets.split(",") if x.strip()] if args.sets else None
+    out = Path(args.out).resolve()
+    score(args.generations, recipe, out, args.recipe, args.limit, only, args.model)
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return exitcodes.OK
 
 

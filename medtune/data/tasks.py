@@ -14,12 +14,14 @@ spaces and the output one ``token : TAG`` line per token. Untyped sets use
     'Patients : O\\nwith : O\\ncystic : B\\nfibrosis : I'
     >>> parse_ner("Patients : O\\ncystic : B\\nfibrosis : I\\nextra : O",
     ...           ["Patients", "with", "cystic", "fibrosis"]).tags
-    ('O', 'B', 'I', 'O')
+    ('O', 'O', 'O', 'O')
 
 Lines are aligned to the input tokens by position (never by searching for the
-token text), so a dropped line shifts every later tag, exactly as a
-token-level scorer sees it. Missing, extra and malformed lines are counted;
-a token without a usable line is scored ``O``.
+token text): line i is the tag of input token i only when its token equals
+that token (whitespace normalised); a misaligned line gets no credit and
+scores ``O``, so a dropped line costs every later tag. Missing, extra,
+malformed and mismatched lines are counted; a token without a usable line is
+scored ``O``.
 
 Classification (RE, NLI, PubMedQA) answers one label; the parser maps
 ``" entailment."`` or ``"Yes, because ..."`` to the canonical label. HoC
@@ -75,19 +77,23 @@ class NerParse:
     malformed: int = 0
     """Lines that are not ``token : TAG`` or carry a tag outside the scheme (scored ``O``)."""
     mismatched: int = 0
-    """Lines whose token differs from the input token at that position (tag still used)."""
+    """Lines whose token differs from the input token at that position (scored ``O``)."""
 
 
 def parse_ner(text: str, tokens: Sequence[str], is_typed: bool = False) -> NerParse:
     """Tags for `tokens` from a generated ``token : TAG`` answer.
 
-    Blank lines are skipped. Tags are read case-insensitively; in the untyped
-    scheme a typed tag (``B-Disease``) counts as its bare letter, in the typed
-    scheme a bare ``B``/``I`` is malformed. Worked example, tokens
-    ``[a, b, c]``::
+    The position-aligned rule (medtune's headline NER score): blank lines are
+    skipped; the i-th remaining line scores for input token i only when its
+    token equals ``tokens[i]`` after whitespace normalisation (``" ".join(x.split())``),
+    otherwise it is *mismatched* and scores ``O`` (no credit for a misaligned
+    line). Tags are read case-insensitively; in the untyped scheme a typed tag
+    (``B-Disease``) counts as its bare letter, in the typed scheme a bare
+    ``B``/``I`` is malformed. Worked example, tokens ``[a, b, c]``::
 
         "a : B\\nb - I\\nc : X\\nd : O"  ->  tags (B, O, O), malformed 2
                                             (no " : " in line 2, unknown tag X), extra 1
+        "a : B\\nc : I\\nb : B"         ->  tags (B, O, O), mismatched 2
     """
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     tags: list[str] = []
@@ -101,12 +107,19 @@ def parse_ner(text: str, tokens: Sequence[str], is_typed: bool = False) -> NerPa
             malformed += 1
             tags.append("O")
             continue
-        if tok.strip() != tokens[i]:
+        if _ws(tok) != _ws(tokens[i]):
             mismatched += 1
+            tags.append("O")
+            continue
         tags.append(tag)
     missing = max(0, len(tokens) - len(lines))
     tags += ["O"] * missing
     return NerParse(tuple(tags), missing, max(0, len(lines) - len(tokens)), malformed, mismatched)
+
+
+def _ws(token: str) -> str:
+    """Whitespace-normalised token: runs of whitespace become one space, ends stripped."""
+    return " ".join(token.split())
 
 
 def _normal_tag(tag: str, is_typed: bool) -> str | None:

@@ -5,24 +5,29 @@ counts what the parsers had to forgive and computes each task's metrics.
 
 | task        | metrics                                                        |
 |-------------|----------------------------------------------------------------|
-| ner         | entity-level P/R/F1, seqeval strict IOB2 (B/I -> B-ENT/I-ENT)  |
-| ner-typed   | entity-level P/R/F1, seqeval strict IOB2 on the typed tags     |
+| ner         | entity-level P/R/F1, seqeval strict IOB2 and lenient (B/I -> B-ENT/I-ENT) |
+| ner-typed   | entity-level P/R/F1, the same two modes on the typed tags      |
 | re-i2b2/gad | accuracy; micro-F1 over the relation classes (not the negative)|
 | nli         | accuracy                                                       |
 | pubmedqa    | accuracy; macro-F1 over yes/no/maybe                           |
 | hoc         | micro-F1 over (document, hallmark) pairs                       |
 
 Every set also reports its parse failures: an NER answer with any missing,
-extra or malformed line, a label answer that names no label, a HoC answer
-with a part that names no hallmark. A failure never stops scoring: the
+extra, malformed or mismatched line, a label answer that names no label, a HoC
+answer with a part that names no hallmark. A failure never stops scoring: the
 unreadable part counts as ``O`` (NER), as no label (always wrong) or is
 ignored (HoC).
 
-NER is position-aligned: line i of the answer is the tag of input token i.
-``seed_compat`` also computes the seed's token-keyed score, where each
-sentence's gold and predicted tags were stored in a dict keyed by the token
-string, so a repeated token ("the", ",") keeps one tag and the sentence
-shrinks (NCBI-disease devel: 23,969 tokens become 20,929).
+NER is scored two ways:
+
+* position-aligned (medtune's headline): line i of the answer is the tag of
+  input token i when its token matches (`medtune.data.tasks.parse_ner` holds
+  the rule), in seqeval's strict IOB2 mode and its lenient default mode;
+* seed-compatible (`ner_seed_compat`): the seed's token-keyed score, where each
+  sentence's gold and generated tags are dicts keyed by the token string, so a
+  repeated token ("the", ",") keeps one tag and the sentence shrinks
+  (NCBI-disease devel: 23,969 tokens become 20,929), scored in lenient mode.
+  The paper's figures were computed this way.
 """
 from __future__ import annotations
 
@@ -74,23 +79,60 @@ def to_iob2(tags: Sequence[str], typed: bool) -> list[str]:
     return [t if t == "O" else f"{t}-ENT" for t in tags]
 
 
-def ner_prf(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], typed: bool) -> dict:
-    """Entity-level precision, recall and F1 (seqeval, strict IOB2 mode) and the counts behind them."""
-    from seqeval.metrics import f1_score, precision_score, recall_score
+MODES = ("strict", "lenient")
+"""seqeval's two ways of reading entities: ``strict`` IOB2 (an entity starts only at ``B``) and
+``lenient``, seqeval's default mode (conlleval's rules: an ``I`` after ``O`` or after another type
+starts an entity), the mode the seed scored with."""
+
+
+def ner_prf(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], typed: bool,
+            mode: str = "strict") -> dict:
+    """Entity-level precision, recall and F1 of tag sequences, and the counts behind them.
+
+    `gold` and `pred`: one tag sequence per sentence, equal lengths (bare ``B``/``I``/``O``, or
+    ``B-TYPE``/``I-TYPE``/``O`` when `typed`). `mode`: ``strict`` (seqeval ``mode="strict",
+    scheme=IOB2``) or ``lenient`` (seqeval's default mode, conlleval-like). Scores are fractions
+    in [0, 1] (0 when there is nothing to count). Raises ValueError on an unknown mode.
+    """
+    from seqeval.metrics import sequence_labeling, v1
     from seqeval.scheme import IOB2, Entities
 
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: use one of {', '.join(MODES)}")
     g = [to_iob2(s, typed) for s in gold]
     p = [to_iob2(s, typed) for s in pred]
     assert all(len(a) == len(b) for a, b in zip(g, p)) and len(g) == len(p), "one tag per token"
-    kw = dict(mode="strict", scheme=IOB2, zero_division=0)
+    # what seqeval's precision_score/recall_score/f1_score compute, in one pass
+    if mode == "strict":
+        prec, rec, f1, _ = v1.precision_recall_fscore_support(g, p, average="micro", zero_division=0,
+                                                              scheme=IOB2)
+        count = lambda seqs: sum(len(e) for e in Entities(seqs, IOB2).entities)  # noqa: E731
+    else:
+        prec, rec, f1, _ = sequence_labeling.precision_recall_fscore_support(g, p, average="micro",
+                                                                             zero_division=0)
+        count = lambda seqs: len(sequence_labeling.get_entities(seqs))  # noqa: E731
     return {
-        "precision": float(precision_score(g, p, **kw)),
-        "recall": float(recall_score(g, p, **kw)),
-        "f1": float(f1_score(g, p, **kw)),
+        "precision": float(prec),
+        "recall": float(rec),
+        "f1": float(f1),
         "tokens": sum(len(s) for s in g),
-        "gold_entities": sum(len(e) for e in Entities(g, IOB2).entities),
-        "pred_entities": sum(len(e) for e in Entities(p, IOB2).entities),
+        "gold_entities": count(g),
+        "pred_entities": count(p),
     }
+
+
+def ner_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], typed: bool) -> dict:
+    """medtune's position-aligned NER score in both seqeval modes.
+
+    Keys: ``precision``/``recall``/``f1`` (strict IOB2, the headline), ``tokens``,
+    ``gold_entities``/``pred_entities`` (strict), and ``lenient``: the same keys in
+    seqeval's default (conlleval-like) mode. `pred` comes from `medtune.data.tasks.parse_ner`,
+    where the alignment rule lives (line i scores for input token i only when its token matches).
+    """
+    strict = ner_prf(gold, pred, typed, "strict")
+    lenient = ner_prf(gold, pred, typed, "lenient")
+    return {**strict, "lenient": {k: lenient[k] for k in ("precision", "recall", "f1",
+                                                         "gold_entities", "pred_entities")}}
 
 
 def token_keyed(tokens: Sequence[str], tags: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -101,12 +143,51 @@ def token_keyed(tokens: Sequence[str], tags: Sequence[str]) -> tuple[list[str], 
     return list(d), list(d.values())
 
 
-def ner_seed_compat(sentences: Sequence[Sequence[str]], gold: Sequence[Sequence[str]],
-                    pred: Sequence[Sequence[str]], typed: bool) -> dict:
-    """The seed's token-keyed score: seqeval on the dict-collapsed sentences."""
-    g = [token_keyed(toks, tags)[1] for toks, tags in zip(sentences, gold)]
-    p = [token_keyed(toks, tags)[1] for toks, tags in zip(sentences, pred)]
-    return ner_prf(g, p, typed)
+def seed_lines(text: str) -> dict[str, str]:
+    """The seed's reading of a ``token : tag`` answer: a dict token -> tag.
+
+    Every line that contains ``" : "`` is split at its last ``" : "``; token and tag are
+    stripped; a repeated token keeps its last tag (dict assignment). A line without ``" : "``
+    (chatter, ``tok - B``, ``tok:B``, a truncated line) is skipped. Tags are kept as written
+    (no case folding, no ``B-Disease`` -> ``B``): `ner_seed_compat` maps what is not a tag
+    of the scheme to ``O``.
+    """
+    d: dict[str, str] = {}
+    for line in text.splitlines():
+        tok, sep, tag = line.strip().rpartition(" : ")
+        if sep:
+            d[tok.strip()] = tag.strip()
+    return d
+
+
+def seed_tags(gold_answer: str, answer: str, typed: bool = False) -> tuple[list[str], list[str]]:
+    """One sentence as the seed scored it: (gold tags, predicted tags), one per distinct gold token.
+
+    The seed's rules (Rohanian et al. 2024's evaluation script, as medtune's issue 19 states
+    them): both answers are read by `seed_lines` (dicts keyed by token string, so repeated
+    tokens collapse, last tag wins); for every gold token, in the gold's first-seen order, the
+    generated tag is looked up (a token the answer lacks -> ``O``) and a generated tag that is
+    not ``B``/``I``/``O`` becomes ``O``. Typed sets (`typed`): ``B-TYPE``/``I-TYPE``/``O``
+    are the scheme's tags instead (the untyped rule would turn every typed tag into ``O``;
+    this generalisation is medtune's, the seed's script is not available to check it).
+    """
+    from medtune.data import tasks as _tasks
+
+    gold = seed_lines(gold_answer)
+    pred = seed_lines(answer)
+    looked = (pred.get(tok, "O") for tok in gold)
+    return list(gold.values()), [t if _tasks.valid_tag(t, typed) else "O" for t in looked]
+
+
+def ner_seed_compat(gold_answers: Sequence[str], answers: Sequence[str], typed: bool) -> dict:
+    """The seed's NER score: `seed_tags` per sentence, then seqeval's default (lenient) mode.
+
+    `gold_answers`: each sample's gold ``token : TAG`` text (the record's ``output``);
+    `answers`: the generated texts, same order. Returns `ner_prf`'s keys (``tokens``: the
+    distinct gold tokens scored). This is how the paper's NER figures were computed.
+    """
+    pairs = [seed_tags(g, a, typed) for g, a in zip(gold_answers, answers)]
+    return ner_prf([g for g, _ in pairs], [p for _, p in pairs], typed, "lenient")
 
 
 # --------------------------------------------------------------------------
@@ -177,9 +258,13 @@ class SetScore:
         return out
 
 
-def score_set(task: str, inputs: Sequence[str], golds: Sequence, answers: Sequence[str],
-              seed_compat: bool = False) -> SetScore:
-    """Parse every answer of one set and score it against its gold labels."""
+def score_set(task: str, inputs: Sequence[str], golds: Sequence, answers: Sequence[str]) -> SetScore:
+    """Parse every answer of one set and score it against its gold labels.
+
+    `inputs`, `golds` (a record's ``gold``: NER tag tuple, label or label tuple) and `answers`
+    (generated texts) are parallel, one per sample. NER sets also get the seed-compatible
+    score (`ner_seed_compat`, on the gold answer text ``format_ner(input tokens, gold)``).
+    """
     t = tasks.TASKS[task]
     parsed = [parse_answer(task, a, i) for a, i in zip(answers, inputs)]
     n = len(parsed)
@@ -189,10 +274,9 @@ def score_set(task: str, inputs: Sequence[str], golds: Sequence, answers: Sequen
     if t.kind == "ner":
         for k in ("missing", "extra", "malformed", "mismatched"):
             parse[f"{k}_lines"] = sum(getattr(p, k) for p in parsed)
-        preds = [p.pred for p in parsed]
-        metrics = ner_prf(golds, preds, t.typed)
-        if seed_compat:
-            compat = ner_seed_compat([i.split(" ") for i in inputs], golds, preds, t.typed)
+        metrics = ner_scores(golds, [p.pred for p in parsed], t.typed)
+        gold_answers = [tasks.format_ner(i.split(" "), g) for i, g in zip(inputs, golds)]
+        compat = ner_seed_compat(gold_answers, answers, t.typed)
     elif t.kind == "label":
         metrics = label_scores(golds, [p.pred for p in parsed], t.labels, NEGATIVE.get(task))
     else:

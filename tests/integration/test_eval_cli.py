@@ -43,6 +43,18 @@ def test_eval_writes_results_and_table(exported, tmp_path):
     assert "| ncbi-disease-test | ner | 4 | f1 |" in md and "87.18" in md and "93.88" in md
     assert len((out / "generations.jsonl").read_text().splitlines()) == 12
     assert "wrote" in proc.stdout
+    for e in (ncbi, results["sets"]["bc5cdr-chem-test"]):       # three NER scores side by side
+        assert {"f1", "lenient"} <= set(e["metrics"]) and "f1" in e["seed_compat"]
+    assert "| ours | ours lenient | seed-compatible | paper 7B |" in md
+    assert "compare them with the **seed-compatible** column" in md
+
+    # the same generations scored without the model give the same numbers
+    scored = tmp_path / "scored"
+    medtune("score", str(out / "generations.jsonl"), "--recipe", SLICE, "--out", str(scored),
+            "--model", str(exported))
+    again = json.loads((scored / "results.json").read_text())
+    assert again["sets"] == results["sets"]
+    assert (scored / "results.md").read_text() == md
 
 
 def test_two_ranks_split_the_samples_and_agree_with_one(exported, tmp_path):

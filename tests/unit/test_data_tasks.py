@@ -22,7 +22,8 @@ def test_ner_round_trip_and_token_colon():
 NER_CASES = [
     ("Patients : O\nwith : O\ncystic : B\nfibrosis : I", ("O", "O", "B", "I", "O"), 1, 0, 0, 0),
     ("Patients : O\ncystic : B\nfibrosis : I\n. : O\nextra : O\nmore : B",
-     ("O", "B", "I", "O", "O"), 0, 1, 0, 4),          # a dropped line shifts the rest (by position)
+     ("O", "O", "O", "O", "O"), 0, 1, 0, 4),          # a dropped line: the shifted rest score O
+    ("Patients : O\n with  : O\ncystic : B\nfibrosis : I\nFOO : I", ("O", "O", "B", "I", "O"), 0, 0, 0, 1),
     ("Patients : O\nwith - O\ncystic : X\nfibrosis : i\n. : O", ("O", "O", "O", "I", "O"), 0, 0, 2, 0),
     ("\nPatients : o\n\nwith:O\ncystic : B-Disease\nfibrosis : I.\n. : O\n", GOLD, 0, 0, 0, 0),
     ("", ("O",) * 5, 5, 0, 0, 0),
