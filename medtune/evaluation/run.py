@@ -18,6 +18,15 @@ from medtune.evaluation import metrics, sets
 from medtune.fsutil import write_atomic
 
 
+def stops(model, tok, template: str) -> list[int]:
+    """Where generation stops: where training taught the model to stop (EOS and the
+    template's turn terminator, `medtune.data.tokenize.stop_token_ids`) and the model's own
+    generation-config EOS ids."""
+    from medtune.data.tokenize import stop_token_ids
+
+    return gen.stop_ids(model, tok, stop_token_ids(tok, template))
+
+
 def evaluate(model_dir: str, recipe: sets.EvalRecipe, out: Path, recipe_file: str = "",
              limit: int | None = None, only: list[str] | None = None,
              say=lambda m: print(f"[medtune eval] {m}", file=sys.stderr, flush=True)) -> dict | None:
@@ -33,11 +42,8 @@ def evaluate(model_dir: str, recipe: sets.EvalRecipe, out: Path, recipe_file: st
     prompts = [gen.prompt_ids(all_samples[i].record, recipe.template, tok) for i in mine]
     began = time.perf_counter()
     g = recipe.generation
-    # stop where training taught the model to stop: EOS and the template's turn terminator
-    from medtune.data.tokenize import stop_token_ids
-
-    stop = gen.stop_ids(model, tok, stop_token_ids(tok, recipe.template))
-    texts = gen.generate(model, tok, prompts, g.max_new_tokens, g.num_beams, g.batch_size, device, stop=stop)
+    texts = gen.generate(model, tok, prompts, g.max_new_tokens, g.num_beams, g.batch_size, device,
+                         stop=stops(model, tok, recipe.template))
     took = time.perf_counter() - began
     answers = gen.gather(dict(zip(mine, texts)), r.world)
     gen.finish_distributed(r)

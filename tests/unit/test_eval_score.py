@@ -32,6 +32,7 @@ def _answer(record) -> str:
 def evaluated(tmp_path, monkeypatch):
     """`medtune eval` on the slice with the model replaced by `_answer` (no weights needed)."""
     monkeypatch.setattr(gen, "load", lambda model_dir: (None, None, "cpu"))
+    monkeypatch.setattr(run, "stops", lambda model, tok, template: [])
     monkeypatch.setattr(gen, "prompt_ids", lambda record, template, tok: record)
     monkeypatch.setattr(gen, "generate", lambda model, tok, prompts, *a, **k: [_answer(r) for r in prompts])
     out = tmp_path / "eval"
