@@ -16,8 +16,16 @@ from medtune import config, exitcodes
 from medtune.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with medtune's one-line errors (``medtune: error: ...``, exit 2) instead of a usage block."""
+
+    def error(self, message: str):
+        print(f"medtune: error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(exitcodes.USAGE)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medtune", description=__doc__.splitlines()[0])
+    p = _Parser(prog="medtune", description=__doc__.splitlines()[0])
     verbs = p.add_subparsers(dest="verb", required=True)
 
     prep = verbs.add_parser("prepare", help="read, tokenize and cache a recipe's data",
