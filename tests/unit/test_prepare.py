@@ -126,3 +126,19 @@ def test_the_sample_limit_reads_the_config_of_a_model_directory(tmp_path):
                          "max_tokens": max_tokens}}
         limit = sample_limit(config.validate(tree, {}, "r.yaml"))
         assert (limit.tokens, limit.context) == (want, cfg["max_position_embeddings"]), name
+
+
+def test_a_tokenizer_trains_on_texts_longer_than_sentencepieces_default_limit(tmp_path):
+    """google/sentencepiece#517: with every text over 4,192 bytes it stopped with [!sentences_.empty()]."""
+    from transformers import AutoTokenizer
+
+    from medtune.data.tokenizer import train_sentencepiece
+
+    texts = [" ".join(f"word{j % 50} sentence {i}." for j in range(500)) for i in range(20)]
+    assert min(len(t.encode()) for t in texts) > 4192
+    train_sentencepiece(texts, tmp_path / "tok", 300)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert tok.decode(tok(texts[3], add_special_tokens=False)["input_ids"]) == texts[3]
+    with pytest.raises(ValueError, match="no text to train a tokenizer on"):
+        train_sentencepiece([], tmp_path / "none", 300)
+    assert not (tmp_path / "none").exists()
