@@ -222,8 +222,13 @@ def _prepare(args) -> int:
 
     default_model = config.RECIPES_ROOT / "models" / "tiny-llama.yaml"
     recipe = config.load(args.recipe, args.overrides, defaults=[default_model])
+    try:  # a data recipe (no model section) borrows the tiny model's tokenizer, not its context length
+        config.load(args.recipe, args.overrides, check_files=False)
+        names_model = True
+    except config.RecipeError:
+        names_model = False
     began = time.perf_counter()
-    prepared = prepare(recipe, args.recipe)
+    prepared = prepare(recipe, args.recipe, model_context=names_model)
     took = time.perf_counter() - began
     s = prepared.stats
     print(f"{'cache hit' if prepared.cache_hit else 'built'}: {prepared.path} "

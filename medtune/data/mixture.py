@@ -93,6 +93,7 @@ def _read(i: int, src: SourceConfig, name: str, st: SourceStats, data: DataConfi
     reader = READERS[src.format]
     options = {k: getattr(src, k) for k in reader.options}
     kept: list[tuple[int, Record]] = []
+    excluded = 0
     try:
         items = tqdm(reader.read(src.path, **options), desc=f"read {name}", unit=" rec",
                      disable=None if progress else True, leave=False)
@@ -103,6 +104,7 @@ def _read(i: int, src: SourceConfig, name: str, st: SourceStats, data: DataConfi
                     st.first_problems.append(str(item))
                 continue
             if src.include is not None and item.source not in src.include:
+                excluded += 1
                 continue
             if src.task is not None:
                 item = dataclasses.replace(item, task=src.task)
@@ -118,12 +120,33 @@ def _read(i: int, src: SourceConfig, name: str, st: SourceStats, data: DataConfi
     except SourceError as err:
         raise RecipeError([f"{recipe_file}: data.sources.{i} ({name}): {err}"]) from None
     if data.strict and st.malformed:
-        more = st.malformed - len(st.first_problems)
-        raise RecipeError(
-            [f"{recipe_file}: data.strict = true: {st.malformed} malformed record(s) in source "
-             f"'{name}'; fix them, or set data.strict: false to skip and count them"]
-            + [f"  {p}" for p in st.first_problems] + ([f"  ... and {more} more"] if more else []))
+        raise RecipeError([strict_problem(recipe_file, name, st.malformed, st.first_problems)])
+    if not st.records:
+        raise RecipeError([f"{recipe_file}: data.sources.{i} ({name}): {src.path}: no usable samples "
+                           + _why_empty(st, excluded, src.include)])
     return kept
+
+
+def strict_problem(recipe_file: str, name: str, malformed: int, first: list[str]) -> str:
+    """The one line ``data.strict: true`` stops with: the count and the first problems, e.g.
+    ``r.yaml: data.strict = true: 2 malformed record(s) in source 'gad': a.tsv:3: empty text;
+    a.tsv:9: unknown label '2'; fix them, or set data.strict: false to skip and count them``.
+    """
+    more = malformed - len(first)
+    return (f"{recipe_file}: data.strict = true: {malformed} malformed record(s) in source '{name}': "
+            + "; ".join(first) + (f" (and {more} more)" if more > 0 else "")
+            + "; fix them, or set data.strict: false to skip and count them")
+
+
+def _why_empty(st: SourceStats, excluded: int, include: list[str] | None) -> str:
+    """Why a source gave no record: its malformed lines (the first ones quoted), `include`, or nothing there."""
+    if st.malformed:
+        more = st.malformed - len(st.first_problems)
+        return (f"(malformed: {st.malformed}); first: " + "; ".join(st.first_problems)
+                + (f" (and {more} more)" if more > 0 else ""))
+    if excluded:
+        return f"({excluded} records, none whose source is in include: {', '.join(include or [])})"
+    return "(no records in it)"
 
 
 def _select(n: int, src: SourceConfig, name: str, seed: int) -> list[tuple[int, int]]:

@@ -5,8 +5,11 @@ tokenizes every sample, and saves the result with `datasets` (Arrow) under a
 directory named by a fingerprint of everything that changes the tokens: the
 bytes of the files each source reads, every source setting (split, tags,
 pool, weight, cap, ...), the mixture seed, dedup, the template,
-``max_tokens``/``overlong``, the data code itself and the tokenizer. A second
-call with the same inputs is a cache hit. Every process may call it: a file
+``max_tokens``/``overlong``, the per-sample limit (``max_tokens`` or the
+model's context, if shorter), the data code itself and the tokenizer. A second
+call with the same inputs is a cache hit; ``data.strict``, which changes what
+is accepted but not the tokens, is checked again on a hit against the
+malformed counts the build kept. Every process may call it: a file
 lock lets the first one build while the others wait, and the cache appears
 by an atomic rename only when complete, so a crash never leaves a half cache.
 
@@ -53,30 +56,100 @@ def cache_root(recipe: Recipe) -> Path:
     return Path(os.environ.get("MEDTUNE_CACHE", Path.home() / ".cache" / "medtune"))
 
 
-def prepare(recipe: Recipe, recipe_file: str = "recipe", log=print) -> Prepared:
-    """Tokenized, cached training data of `recipe` (built on first use)."""
+def prepare(recipe: Recipe, recipe_file: str = "recipe", log=print, model_context: bool = True) -> Prepared:
+    """Tokenized, cached training data of `recipe` (built on first use).
+
+    No sample is longer than `sample_limit` (``data.max_tokens`` or the
+    model's context, if shorter); ``model_context=False`` (a data recipe,
+    whose model section only lends a tokenizer) limits samples to
+    ``data.max_tokens`` alone. Raises `RecipeError` for bad data (see
+    `medtune.data.mixture.build`) and for a prompt with no room for its answer.
+    """
     from datasets import load_from_disk
 
     root = cache_root(recipe)
+    limit = (sample_limit(recipe, recipe_file) if model_context
+             else SampleLimit(recipe.data.max_tokens, recipe.data.max_tokens, None))
     root.mkdir(parents=True, exist_ok=True)
     samples = _ensure_tokenizer(recipe, recipe_file, root)
-    fp = fingerprint(recipe)
+    fp = fingerprint(recipe, limit)
     final = root / "data" / fp
     with locked(root / "data" / f"{fp}.lock"):
         hit = (final / "stats.json").is_file()
         if not hit:
-            _build(recipe, recipe_file, final, fp, log, samples)
+            _build(recipe, recipe_file, final, fp, limit, samples)
     stats = json.loads((final / "stats.json").read_text())
+    # Settings that decide what is accepted but not the tokens (data.strict) are
+    # checked on every call, a cache hit included, against the counts the build kept.
+    if recipe.data.strict:
+        for name, st in stats["sources"].items():
+            if st["malformed"]:
+                raise RecipeError([mixture.strict_problem(recipe_file, name, st["malformed"],
+                                                          st["first_problems"])])
+    _report(stats, limit, log)
     return Prepared(load_from_disk(str(final / "arrow")), final, fp, stats, hit)
 
 
-def fingerprint(recipe: Recipe) -> str:
+@dataclass(frozen=True)
+class SampleLimit:
+    """The most tokens one sample may have: ``min(data.max_tokens, the model's context)``.
+
+    ``data.max_tokens`` is the packed row's budget; a row may hold several
+    samples, but no sample may be longer than the positions the model was
+    built for (its config's ``max_position_embeddings``; for sliding-window
+    and RoPE-scaled models too, as transformers sizes their position tables
+    by it). Longer samples are truncated or dropped under ``data.overlong``.
+    """
+    tokens: int
+    max_tokens: int
+    context: int | None
+    """The model's ``max_position_embeddings``; ``None`` when its config has none."""
+
+    @property
+    def why(self) -> str:
+        """Where the limit comes from, for messages."""
+        if self.context is not None and self.context < self.max_tokens:
+            return (f"the model's context, max_position_embeddings = {self.context}, "
+                    f"is below data.max_tokens = {self.max_tokens}")
+        return f"data.max_tokens = {self.max_tokens}"
+
+
+def sample_limit(recipe: Recipe, recipe_file: str = "recipe") -> SampleLimit:
+    """The per-sample token limit of `recipe`; see `SampleLimit`.
+
+    The model's config is read as `medtune.plan.load_config` reads it: the
+    inline ``model.config``, a directory's ``config.json``, or a hub id's
+    (cached, else medtune's published numbers, else downloaded). Raises
+    `RecipeError` when it cannot be read.
+    """
+    from medtune.plan import load_config
+
+    d = recipe.data
+    try:
+        cfg = load_config(recipe.model)
+    except (OSError, ValueError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        key = "model.config" if recipe.model.config is not None else "model.name_or_path"
+        raise RecipeError([f"{recipe_file}: {key}: cannot read the model's config to find its "
+                           f"context length: {first}"]) from None
+    context = getattr(cfg, "max_position_embeddings", None)
+    context = context if isinstance(context, int) and context > 0 else None
+    return SampleLimit(min(d.max_tokens, context or d.max_tokens), d.max_tokens, context)
+
+
+def fingerprint(recipe: Recipe, limit: SampleLimit | None = None) -> str:
+    """The cache key of `recipe`'s tokenized data: a hash of everything that changes it.
+
+    `limit` is `sample_limit(recipe)` when the caller has it already.
+    """
     from medtune.data.tokenizer import location
 
+    limit = limit or sample_limit(recipe)
     h = hashlib.sha256()
     d = recipe.data
     h.update(json.dumps({"v": DATA_VERSION, "template": d.template, "max_tokens": d.max_tokens,
-                         "overlong": d.overlong, "mixture_seed": d.mixture_seed, "dedup": d.dedup,
+                         "sample_tokens": limit.tokens, "overlong": d.overlong,
+                         "mixture_seed": d.mixture_seed, "dedup": d.dedup,
                          "sources": sources_digest(recipe)}).encode())
     h.update(_code_digest().encode())
     tok = Path(location(recipe))
@@ -145,25 +218,30 @@ def _ensure_tokenizer(recipe: Recipe, recipe_file: str, root: Path):
     with locked(root / "tokenizer.lock"):
         if where.exists():
             return None
-        built = mixture.build(recipe.data, recipe_file)
+        built = mixture.build(recipe.data, recipe_file)  # raises when a source has no usable record
         texts = [templates.PAPER_PROMPT.format(instruction=s.record.instruction, input=s.record.input)
                  + " " + s.record.output for s in built[0]]
+        if not texts:  # sentencepiece would stop with "[!sentences_.empty()]"
+            raise RecipeError([f"{recipe_file}: data.sources: no text to train the tokenizer on "
+                               "(model.train_tokenizer)"])
         train_sentencepiece(texts, where, m.train_tokenizer.vocab_size)
         return built
 
 
-def _build(recipe: Recipe, recipe_file: str, final: Path, fp: str, log, built=None) -> None:
+def _build(recipe: Recipe, recipe_file: str, final: Path, fp: str, limit: SampleLimit,
+           built=None) -> None:
     import datasets
 
     from medtune.data.tokenizer import load as load_tokenizer
 
     d = recipe.data
     samples, stats = built or mixture.build(d, recipe_file)
-    cols = _tokenize(samples, stats, d, load_tokenizer(recipe), recipe_file)
-    if not cols["length"]:
-        raise RecipeError([f"{recipe_file}: data.sources: no usable samples "
-                           f"(malformed: {sum(s.malformed for s in stats.values())})"])
-    summary = _summary(stats, cols, d.max_tokens, fp)
+    cols = _tokenize(samples, stats, d, load_tokenizer(recipe), recipe_file, limit)
+    if not cols["length"]:  # every source had records (mixture.build checks): overlong drops took all
+        dropped = sum(s.dropped for s in stats.values())
+        raise RecipeError([f"{recipe_file}: data.overlong = {d.overlong}: no usable samples: all "
+                           f"{dropped} were dropped as longer than {limit.tokens} tokens ({limit.why})"])
+    summary = _summary(stats, cols, d.max_tokens, fp, limit, d.overlong)
     summary["content_digest"] = _content_digest(cols)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{fp}-", dir=final.parent))
@@ -177,19 +255,28 @@ def _build(recipe: Recipe, recipe_file: str, final: Path, fp: str, log, built=No
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for name, st in stats.items():
-        for problem in st.first_problems:
+
+
+def _report(stats: dict, limit: SampleLimit, log) -> None:
+    """The lines a prepare prints besides its table (on a build and on a cache hit alike)."""
+    for name, st in stats["sources"].items():
+        for problem in st["first_problems"]:
             log(f"skipped malformed record: {problem}")
-        if st.malformed > len(st.first_problems):
-            log(f"... and {st.malformed - len(st.first_problems)} more malformed in '{name}'")
+        if st["malformed"] > len(st["first_problems"]):
+            log(f"... and {st['malformed'] - len(st['first_problems'])} more malformed in '{name}'")
+    if limit.tokens < limit.max_tokens:
+        over = sum(st["truncated"] + st["dropped"] for st in stats["sources"].values())
+        log(f"samples are limited to {limit.tokens} tokens: {limit.why}; {over} longer sample(s) "
+            f"{'dropped' if stats['overlong'] == 'drop' else 'truncated'} (data.overlong)")
 
 
 def _tokenize(samples: list[Sample], stats: dict[str, SourceStats], d: DataConfig, tokenizer,
-              recipe_file: str) -> dict:
+              recipe_file: str, limit: SampleLimit) -> dict:
     """The dataset's columns, token lists as Arrow arrays converted batch by batch.
 
     Each batch's Python lists become Arrow (int32, converted in C++) at once
     and are dropped, so 200k samples never hold tens of millions of Python ints.
+    A sample longer than ``limit.tokens`` is truncated or dropped (``data.overlong``).
     """
     import pyarrow as pa
     from tqdm import tqdm
@@ -201,14 +288,15 @@ def _tokenize(samples: list[Sample], stats: dict[str, SourceStats], d: DataConfi
         chunk = samples[start:start + BATCH]
         rendered = [templates.render(s.record, d.template, tokenizer) for s in chunk]
         ids, labels = [], []
-        for s, enc in zip(chunk, tokenize.encode_batch(rendered, tokenizer, d.max_tokens)):
+        for s, enc in zip(chunk, tokenize.encode_batch(rendered, tokenizer, limit.tokens)):
             st = stats[s.source]
-            if enc.prompt_tokens >= d.max_tokens:
+            if enc.prompt_tokens >= limit.tokens:
                 if d.overlong == "truncate":
                     raise RecipeError([
-                        f"{recipe_file}: data.max_tokens = {d.max_tokens}: a prompt of source "
-                        f"'{s.source}' has {enc.prompt_tokens} tokens, leaving no room for its answer; "
-                        "raise data.max_tokens or set data.overlong: drop"])
+                        f"{recipe_file}: data.overlong = truncate: a prompt of source '{s.source}' has "
+                        f"{enc.prompt_tokens} tokens, leaving no room for its answer in the "
+                        f"{limit.tokens} a sample may have ({limit.why}); set data.overlong: drop"
+                        + ("" if limit.tokens < limit.max_tokens else " or raise data.max_tokens")])
                 st.dropped += 1
                 st.samples -= 1
                 continue
@@ -255,7 +343,8 @@ def _by_task(cols: dict[str, list]) -> dict[str, list[int]]:
     return out
 
 
-def _summary(stats: dict[str, SourceStats], cols: dict[str, list], max_tokens: int, fp: str) -> dict:
+def _summary(stats: dict[str, SourceStats], cols: dict[str, list], max_tokens: int, fp: str,
+             limit: SampleLimit, overlong: str) -> dict:
     from medtune.data.packing import pack
 
     packs = pack(cols["length"], max_tokens)
@@ -277,6 +366,9 @@ def _summary(stats: dict[str, SourceStats], cols: dict[str, list], max_tokens: i
         "sources": {k: dataclasses.asdict(v) for k, v in stats.items()},
         "tasks": dict(sorted(tasks.items())),
         "max_tokens": max_tokens,
+        "model_context": limit.context,
+        "sample_tokens": limit.tokens,
+        "overlong": overlong,
         "packs": len(packs),
         "packing_fill": total / (len(packs) * max_tokens),
     }

@@ -43,10 +43,21 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
 
     Written to a temporary directory first and renamed into place, so a
     crash never leaves a half-written tokenizer that later runs would use.
+    Every text is used, however long: sentencepiece skips sentences over its
+    ``max_sentence_length`` (4,192 bytes by default), and with all of them
+    skipped stops with ``[!sentences_.empty()]`` (google/sentencepiece#517),
+    so the limit is raised to the longest text when one is longer. Raises
+    `ValueError` when there is no text at all.
     """
     import sentencepiece as spm
     from transformers import LlamaTokenizer
 
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no text to train a tokenizer on")
+    longest = max(len(t.encode("utf-8")) for t in texts)
+    # Only when needed: the setting changes the trained model even when no text is that long.
+    longer = {"max_sentence_length": longest} if longest > 4192 else {}
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=out.parent))
@@ -55,7 +66,7 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
         # temporary path and the same data always gives the same bytes.
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(list(texts)), model_writer=model,
+            sentence_iterator=iter(texts), model_writer=model, **longer,
             vocab_size=vocab_size, model_type="bpe", byte_fallback=True, split_digits=True,
             hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             normalization_rule_name="identity", remove_extra_whitespaces=False,

@@ -120,10 +120,11 @@ def test_malformed_input_is_counted_located_and_changes_nothing_else(
     assert st.first_problems == [f"{bad}:{line}: {st.first_problems[0].split(': ', 1)[1]}"]
     assert reason in st.first_problems[0]
     assert got == want and st.records == want_stats["src"].records  # nothing else changes
-    with pytest.raises(RecipeError) as err:
+    with pytest.raises(RecipeError) as err:  # one line: the count, then the file:line: reason
         mixture.build(DataConfig(sources=[_source(bad, fmt, options)], strict=True), progress=False)
-    assert "data.strict = true: 1 malformed record(s) in source 'src'" in err.value.problems[0]
-    assert err.value.problems[1].strip() == st.first_problems[0]
+    assert err.value.problems == [f"recipe: data.strict = true: 1 malformed record(s) in source 'src': "
+                                  f"{st.first_problems[0]}; fix them, or set data.strict: false to skip "
+                                  "and count them"]
 
 
 def test_table_has_at_least_ten_cases_over_every_format():
@@ -131,12 +132,13 @@ def test_table_has_at_least_ten_cases_over_every_format():
     assert {c[1] for c in CASES} == {"conll", "jsonl", "mednli", "i2b2-2010-re", "gad", "hoc", "pubmedqa"}
 
 
-def test_a_truncated_json_file_is_one_malformed_record(tmp_path):
+def test_a_truncated_json_file_is_one_malformed_record_and_says_so(tmp_path):
     bad = _copy("pubmedqa/ori_pqal.json", tmp_path)
     bad.write_text(bad.read_text()[:300])
-    _, stats = mixture.build(DataConfig(sources=[_source(bad, "pubmedqa", {"split": "all"})]), progress=False)
-    assert stats["src"].malformed == 1 and stats["src"].records == 0
-    assert "bad JSON" in stats["src"].first_problems[0]
+    with pytest.raises(RecipeError) as err:
+        mixture.build(DataConfig(sources=[_source(bad, "pubmedqa", {"split": "all"})]), progress=False)
+    assert err.value.problems == [f"recipe: data.sources.0 (src): {bad}: no usable samples (malformed: 1); "
+                                  f"first: {bad}:2: bad JSON: Unterminated string starting at"]
 
 
 def test_only_the_first_few_problems_are_quoted_and_prepare_reports_them(tmp_path):
@@ -199,3 +201,46 @@ def test_two_sources_with_one_name_are_refused(tmp_path):
     f.write_text(yaml.safe_dump(tree))
     with pytest.raises(RecipeError, match="two sources are named 'mednli'"):
         config.load(f)
+
+
+# ---- when nothing of a source survives, the error says why ----
+
+def _int_outputs(tmp_path) -> Path:
+    f = tmp_path / "x.jsonl"
+    f.write_text("".join(json.dumps({"instruction": "Explain.", "input": "", "output": i}) + "\n"
+                         for i in range(3)))
+    return f
+
+
+def _no_usable(f: Path) -> str:
+    why = "'output' must be a string, not int"
+    return (f"r.yaml: data.sources.1 (x): {f}: no usable samples (malformed: 3); "
+            f"first: {f}:1: {why}; {f}:2: {why}; {f}:3: {why}")
+
+
+def test_a_source_with_no_usable_record_names_the_first_reasons(tmp_path):
+    """Even beside a good source: a source the recipe names never silently drops out of the mixture."""
+    f = _int_outputs(tmp_path)
+    tree = {"model": {"tokenizer": str(_demo_tokenizer())},
+            "data": {"sources": [{"path": str(CORPORA / "mednli"), "format": "mednli"},
+                                 {"path": str(f), "format": "jsonl"}]}}
+    tree["model"]["config"] = yaml.safe_load((RECIPES / "models" / "tiny-llama.yaml").read_text())["model"]["config"]
+    with pytest.raises(RecipeError) as err:
+        prepare(config.validate(tree, {}, "r.yaml"), "r.yaml", log=lambda _: None)
+    assert err.value.problems == [_no_usable(f)]
+
+
+def test_no_usable_record_stops_before_a_tokenizer_is_trained(tmp_path):
+    """sentencepiece used to stop with "[!sentences_.empty()]" on a tokenizer trained from no text."""
+    from medtune.data.tokenizer import location
+
+    f = _int_outputs(tmp_path)
+    tree = {"model": yaml.safe_load((RECIPES / "models" / "tiny-llama.yaml").read_text())["model"],
+            "data": {"sources": [{"path": str(CORPORA / "mednli"), "format": "mednli"},
+                                 {"path": str(f), "format": "jsonl"}]}}
+    recipe = config.validate(tree, {}, "r.yaml")
+    assert recipe.model.train_tokenizer is not None
+    with pytest.raises(RecipeError) as err:
+        prepare(recipe, "r.yaml", log=lambda _: None)
+    assert err.value.problems == [_no_usable(f)]
+    assert not Path(location(recipe)).exists()

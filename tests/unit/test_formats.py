@@ -160,4 +160,150 @@ def test_generic_reader_keeps_the_existing_json_list_behaviour(tmp_path):
     f.write_text(json.dumps([{"instruction": "i", "output": "o", "task": "qa"}, {"output": "o"}]))
     items = list(READERS["jsonl"].read(str(f)))
     assert isinstance(items[0], Record) and items[0].task == "qa"
-    assert isinstance(items[1], Malformed) and items[1].line == 2
+    # a one-line list: the line is the file's line, the item its number in the list
+    assert items[1] == Malformed(str(f), 1, "item 2: missing string field 'instruction' (keys: output)")
+
+
+def test_a_json_list_item_is_located_at_the_line_where_it_starts(tmp_path):
+    f = tmp_path / "list.json"
+    f.write_text(json.dumps([{"instruction": "i", "output": "o"}, {"instruction": "i", "output": 3},
+                             {"instruction": "j", "output": "p"}], indent=2))
+    items = list(READERS["jsonl"].read(str(f)))
+    assert [type(x).__name__ for x in items] == ["Record", "Malformed", "Record"]
+    assert str(items[1]) == f"{f}:6: item 2: 'output' must be a string, not int"
+
+
+# ---- Text encodings: every reader reads UTF-8 with a BOM, CRLF and U+2028/U+2029/U+0085 alike ----
+
+ODD = "\u2028\u2029\u0085"  # line and paragraph separators and NEL: legal, unescaped, inside JSON strings
+
+
+def _json_lines(key: str):
+    def mutate(text: str) -> str:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        for row in rows:
+            row[key] = row[key].replace(" ", f" {ODD}", 1)
+        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return mutate
+
+
+def _json_list(text: str) -> str:
+    rows = json.loads(text)
+    for row in rows:
+        row["input"] = row["input"].replace(" ", f" {ODD}", 1)
+    return json.dumps(rows, ensure_ascii=False, indent=1)
+
+
+def _pubmedqa(text: str) -> str:
+    items = json.loads(text)
+    for item in items.values():
+        item["QUESTION"] = item["QUESTION"].replace(" ", f" {ODD}", 1)
+    return json.dumps(items, ensure_ascii=False, indent=1)
+
+
+def _tsv(text: str) -> str:
+    """The longest field of each row (its text) gets the characters after its first space."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split("\t")
+        i = max(range(len(fields)), key=lambda j: len(fields[j]))
+        fields[i] = fields[i].replace(" ", f" {ODD}", 1)
+        out.append("\t".join(fields))
+    return "\n".join(out) + "\n"
+
+
+def _conll(text: str) -> str:
+    """Each token gets the characters inside it (tab or space separated)."""
+    out = []
+    for line in text.splitlines():
+        sep = "\t" if "\t" in line else " "
+        if line.strip() and not line.startswith("-DOCSTART-"):
+            tok, rest = line.split(sep, 1)
+            line = f"{tok[:1]}{ODD}{tok[1:]}{sep}{rest}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+# (id, format, source path under the corpora, the files a source reads (BOM'd and rewritten), options, records, mutate)
+ENCODED = [
+    ("jsonl-lines", "jsonl", "pmc_llama", ["train.jsonl"], {}, 3, _json_lines("input")),
+    ("jsonl-list", "jsonl", "chatdoctor/HealthCareMagic-100k.json", ["HealthCareMagic-100k.json"], {}, 2, _json_list),
+    ("hub-data-dir", "hub", "pmc_llama", ["train.jsonl"], {}, 3, _json_lines("input")),
+    ("conll-tab", "conll", "ncbi_disease", ["train.tsv"], {}, 4, _conll),
+    ("conll-space-typed", "conll", "i2b2_2012", ["train.tsv"], {"tags": "typed"}, 4, _conll),
+    ("conll-docstart", "conll", "jnlpba", ["train.tsv"], {}, 4, _conll),
+    ("pubmedqa", "pubmedqa", "pubmedqa", ["ori_pqal.json", "test_ground_truth.json"], {}, 2, _pubmedqa),
+    ("mednli", "mednli", "mednli", ["mli_train_v1.jsonl"], {}, 5, _json_lines("sentence1")),
+    ("i2b2-2010-re", "i2b2-2010-re", "i2b2_2010_re", ["train.tsv"], {}, 9, _tsv),
+    ("gad-no-header", "gad", "gad", ["train.tsv"], {}, 4, _tsv),
+    ("gad-header", "gad", "gad", ["test.tsv"], {"split": "test"}, 2, _tsv),
+    ("hoc-bits", "hoc", "hoc", ["train.tsv"], {}, 4, _tsv),
+    ("hoc-names", "hoc", "hoc", ["dev.tsv"], {"split": "dev"}, 3, _tsv),
+]
+_IDS = [c[0] for c in ENCODED]
+
+
+def test_the_encoding_table_covers_every_reader():
+    assert {c[1] for c in ENCODED} == set(READERS)
+
+
+def _copy_as(tmp_path: Path, name: str, source: str, rewrite) -> Path:
+    """The source path in a copy of its fixture folder, each file passed through
+    ``rewrite(file name, bytes)``."""
+    folder = source.split("/")[0]
+    out = tmp_path / name / folder
+    out.mkdir(parents=True)
+    for f in (CORPORA / folder).iterdir():
+        (out / f.name).write_bytes(rewrite(f.name, f.read_bytes()))
+    return tmp_path / name / source
+
+
+def _items(fmt: str, where: Path, options: dict) -> list:
+    """What a reader yields, with file paths left out (the copies live in different folders)."""
+    return [x if isinstance(x, Record) else (x.line, x.reason)
+            for x in READERS[fmt].read(str(where), **options)]
+
+
+@pytest.mark.parametrize("case,fmt,folder,names,options,count,mutate", ENCODED, ids=_IDS)
+def test_a_byte_order_mark_changes_nothing(tmp_path, case, fmt, folder, names, options, count, mutate):
+    plain = _copy_as(tmp_path, "plain", folder, lambda n, b: b)
+    bom = _copy_as(tmp_path, "bom", folder, lambda n, b: b"\xef\xbb\xbf" + b if n in names else b)
+    want = _items(fmt, plain, options)
+    assert len(want) == count and all(isinstance(x, Record) for x in want)
+    assert _items(fmt, bom, options) == want
+
+
+@pytest.mark.parametrize("case,fmt,folder,names,options,count,mutate", ENCODED, ids=_IDS)
+def test_crlf_reads_as_lf(tmp_path, case, fmt, folder, names, options, count, mutate):
+    lf = _copy_as(tmp_path, "lf", folder, lambda n, b: b)
+    crlf = _copy_as(tmp_path, "crlf", folder, lambda n, b: b.replace(b"\n", b"\r\n") if n in names else b)
+    assert _items(fmt, crlf, options) == _items(fmt, lf, options)
+    assert len(_items(fmt, crlf, options)) == count
+
+
+@pytest.mark.parametrize("case,fmt,folder,names,options,count,mutate", ENCODED, ids=_IDS)
+def test_line_separator_characters_stay_inside_their_record(tmp_path, case, fmt, folder, names, options,
+                                                            count, mutate):
+    main = names[0]
+    odd = _copy_as(tmp_path, "odd", folder,
+                   lambda n, b: mutate(b.decode()).encode() if n == main else b)
+    assert ODD in (odd.parent if odd.is_file() else odd).joinpath(main).read_text(encoding="utf-8")
+    items = _items(fmt, odd, options)
+    assert [type(x).__name__ for x in items] == ["Record"] * count, items[:3]
+    assert all(ODD in r.input for r in items)
+
+
+@pytest.mark.parametrize("case,fmt,folder,names,options,count,mutate",
+                         [c for c in ENCODED if c[1] != "hub"], ids=[c[0] for c in ENCODED if c[1] != "hub"])
+def test_a_file_that_is_not_utf8_is_one_line_naming_file_line_and_byte_offset(
+        tmp_path, case, fmt, folder, names, options, count, mutate):
+    main = names[0]
+    data = (CORPORA / folder.split("/")[0] / main).read_bytes()
+    at = data.index(b"e", len(data) // 2)  # an 'e' saved as Latin-1 'é' half-way into the file
+    bad = _copy_as(tmp_path, "latin1", folder,
+                   lambda n, b: b[:at] + b"\xe9" + b[at + 1:] if n == main else b)
+    with pytest.raises(SourceError) as err:
+        list(READERS[fmt].read(str(bad), **options))
+    line = data.count(b"\n", 0, at) + 1
+    assert str(err.value) == (f"{bad.parent if bad.is_file() else bad}/{main}:{line}: not UTF-8 text (byte 0xe9 at byte offset {at}: "
+                              "invalid continuation byte); save the file as UTF-8")

@@ -4,7 +4,10 @@ A reader turns a source into instruction records ``{instruction, input,
 output, task, gold}``; lines it cannot read are reported as `Malformed` (file,
 line, reason) and counted, never silently dropped. ``files(path, split)``
 names the files a source reads: recipes check them before any work starts
-and the data cache hashes them.
+and the data cache hashes them. Every local reader reads its files through
+`files.read_text` / `files.text_lines`: UTF-8 with or without a BOM, lines
+split at ``\n`` only (CRLF read as LF), and a file that is not UTF-8 a
+`SourceError` naming the file, line and byte offset.
 
 | format          | reads                                                    | task          |
 |-----------------|----------------------------------------------------------|---------------|

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Iterator
 
 from medtune.data import tasks
-from medtune.data.formats.files import split_file
+from medtune.data.formats.files import split_file, text_lines
 from medtune.data.formats.records import Malformed, Record
 
+_BLANK = " \t\r\n"  # ASCII blanks; a token may hold any other character
 NAMES = ("{split}.tsv", "{split}.txt", "{split}.conll", "{split}.iob", "{split}.iob2", "{split}.bio")
 
 
@@ -54,33 +55,33 @@ def read(path: str, split: str = "train", tags: str = "untyped") -> Iterator[Rec
         problem = None
         return out
 
-    with open(f, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            line = raw.rstrip("\r\n")
-            if not line.strip() or line.startswith("-DOCSTART-"):
-                item = flush()
-                if item is not None:
-                    yield item
-                continue
-            if problem is not None:
-                continue
-            parts = line.split("\t") if "\t" in line else line.split()
-            raw_tag = parts[-1].strip()
-            if len(parts) < 2 or not raw_tag:
-                problem = (lineno, f"token line with no tag: {line.strip()!r}")
-                continue
-            tok = parts[0].strip()
-            if raw_tag not in seen_tags:
-                tag = normal(raw_tag)
-                seen_tags[raw_tag] = tag if tasks.valid_tag(tag, is_typed) else None
-            tag = seen_tags[raw_tag]
-            if not tok or " " in tok:
-                problem = (lineno, f"bad token {tok!r} (empty or containing a space)")
-            elif tag is None:
-                problem = (lineno, f"bad tag {raw_tag!r} (expected {want})")
-            else:
-                toks.append(tok)
-                labs.append(tag)
+    for lineno, line in text_lines(f):
+        if not line.strip(_BLANK) or line.startswith("-DOCSTART-"):
+            item = flush()
+            if item is not None:
+                yield item
+            continue
+        if problem is not None:
+            continue
+        # Columns are split at ASCII tabs or spaces only: U+0085, U+2028 or a
+        # no-break space inside a token is part of the token, not a column break.
+        parts = line.split("\t") if "\t" in line else [x for x in line.split(" ") if x]
+        raw_tag = parts[-1].strip(_BLANK)
+        if len(parts) < 2 or not raw_tag:
+            problem = (lineno, f"token line with no tag: {line.strip(_BLANK)!r}")
+            continue
+        tok = parts[0].strip(_BLANK)
+        if raw_tag not in seen_tags:
+            tag = normal(raw_tag)
+            seen_tags[raw_tag] = tag if tasks.valid_tag(tag, is_typed) else None
+        tag = seen_tags[raw_tag]
+        if not tok or " " in tok:
+            problem = (lineno, f"bad token {tok!r} (empty or containing a space)")
+        elif tag is None:
+            problem = (lineno, f"bad tag {raw_tag!r} (expected {want})")
+        else:
+            toks.append(tok)
+            labs.append(tag)
     item = flush()
     if item is not None:
         yield item

@@ -10,10 +10,11 @@ PMC-LLaMA's instructions read as they are)::
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from medtune.data.formats.files import split_file
+from medtune.data.formats.files import read_text, split_file, text_lines
 from medtune.data.formats.records import Malformed, Record
 
 NAMES = ("{split}.jsonl", "{split}.json")
@@ -26,17 +27,16 @@ def files(path: str, split: str = "train") -> list[Path]:
 def read(path: str, split: str = "train") -> Iterator[Record | Malformed]:
     p = files(path, split)[0]
     path = str(p)
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as err:
-            yield Malformed(path, err.lineno, f"bad JSON: {err.msg}")
+    if p.suffix == ".json":
+        text = read_text(p)
+        if text.lstrip().startswith("["):
+            yield from _read_list(text, path)
             return
-        for i, obj in enumerate(items, 1):
-            yield record(obj, path, i)
-        return
-    for lineno, line in enumerate(text.splitlines(), 1):
+        lines: Iterator[tuple[int, str]] = ((i, line.removesuffix("\r"))
+                                            for i, line in enumerate(text.split("\n"), 1))
+    else:
+        lines = text_lines(p)
+    for lineno, line in lines:
         if not line.strip():
             continue
         try:
@@ -47,18 +47,79 @@ def read(path: str, split: str = "train") -> Iterator[Record | Malformed]:
         yield record(obj, path, lineno)
 
 
-def record(obj: Any, path: str, line: int) -> Record | Malformed:
-    """A record from one ``{instruction, input, output[, task, source]}`` mapping."""
+def _read_list(text: str, path: str) -> Iterator[Record | Malformed]:
+    """The items of a JSON list, each located at the line where it starts.
+
+    The list is decoded item by item (``json.JSONDecoder.raw_decode``) to know
+    where each starts; a syntax error anywhere is one `Malformed` at its line
+    and no item is yielded, as ``json.loads`` of the whole file would have it.
+    """
+    try:
+        found = _items(text)
+    except json.JSONDecodeError as err:
+        yield Malformed(path, err.lineno, f"bad JSON: {err.msg}")
+        return
+    for i, (line, obj) in enumerate(found):
+        yield record(obj, path, line, f"item {i + 1}: ")
+
+
+_WS = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
+
+
+def _items(text: str) -> list[tuple[int, Any]]:
+    """``(line, item)`` for each item of the JSON list `text`; raises `json.JSONDecodeError`."""
+    decode = json.JSONDecoder().raw_decode
+    out: list[tuple[int, Any]] = []
+    at = _WS.match(text, _WS.match(text).end() + 1).end()  # past "["
+    line, counted = 1, 0
+    while at < len(text) and text[at] != "]":
+        line += text.count("\n", counted, at)
+        counted = at
+        obj, at = decode(text, at)
+        out.append((line, obj))
+        at = _WS.match(text, at).end()
+        if at < len(text) and text[at] == ",":
+            at = _WS.match(text, at + 1).end()
+            if at >= len(text) or text[at] == "]":
+                json.loads(text)  # a trailing comma: raises the decoder's own message
+        elif at >= len(text) or text[at] != "]":
+            break
+    if at >= len(text) or text[at] != "]" or _WS.match(text, at + 1).end() != len(text):
+        json.loads(text)  # raises the decoder's own message at the right line
+    return out
+
+
+_JSON_TYPES = {dict: "object", list: "list", str: "string", int: "int", float: "float",
+               bool: "bool", type(None): "null"}
+
+
+def _kind(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def record(obj: Any, path: str, line: int, where: str = "") -> Record | Malformed:
+    """A record from one ``{instruction, input, output[, task, source]}`` mapping.
+
+    A `Malformed` (at `path`:`line`, its reason prefixed by `where`) when a
+    field is missing or not a string, or the output is empty; a missing field
+    lists the keys the object has (``'instruction' missing (keys: messages)``).
+    """
+    def bad(reason: str) -> Malformed:
+        return Malformed(path, line, where + reason)
+
     if not isinstance(obj, dict):
-        return Malformed(path, line, "not a JSON object")
+        return bad(f"not a JSON object (found {_kind(obj)})")
     for key in ("instruction", "output"):
-        if not isinstance(obj.get(key), str):
-            return Malformed(path, line, f"missing string field '{key}'")
+        if key not in obj:
+            keys = ", ".join(map(str, obj)) or "none"
+            return bad(f"missing string field '{key}' (keys: {keys})")
+        if not isinstance(obj[key], str):
+            return bad(f"'{key}' must be a string, not {_kind(obj[key])}")
     if not obj["output"].strip():
-        return Malformed(path, line, "empty output")
+        return bad("empty output")
     inp = obj.get("input") or ""
     if not isinstance(inp, str):
-        return Malformed(path, line, "field 'input' is not a string")
+        return bad(f"'input' must be a string, not {_kind(inp)}")
     source = obj.get("source")
     return Record(obj["instruction"], inp, obj["output"], str(obj.get("task") or "generic"),
                   source=str(source) if source is not None else None)

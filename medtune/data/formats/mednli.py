@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from medtune.data import tasks
-from medtune.data.formats.files import split_file
+from medtune.data.formats.files import split_file, text_lines
 from medtune.data.formats.records import Malformed, Record
 
 NAMES = ("mli_{split}_v1.jsonl", "{split}.jsonl")
@@ -25,16 +25,15 @@ def files(path: str, split: str = "train") -> list[Path]:
 
 def read(path: str, split: str = "train") -> Iterator[Record | Malformed]:
     f = files(path, split)[0]
-    with open(f, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield Malformed(str(f), lineno, f"bad JSON: {err.msg}")
-                continue
-            yield _record(obj, str(f), lineno)
+    for lineno, line in text_lines(f):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield Malformed(str(f), lineno, f"bad JSON: {err.msg}")
+            continue
+        yield _record(obj, str(f), lineno)
 
 
 def _record(obj, path: str, line: int) -> Record | Malformed:

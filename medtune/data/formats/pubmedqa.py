@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from medtune.data import tasks
-from medtune.data.formats.files import SourceError, split_file
+from medtune.data.formats.files import SourceError, read_text, split_file
 from medtune.data.formats.records import Malformed, Record
 
 SPLITS = ("train", "test", "all")
@@ -38,7 +38,7 @@ def files(path: str, split: str = "train") -> list[Path]:
 def read(path: str, split: str = "train") -> Iterator[Record | Malformed]:
     found = files(path, split)
     main = found[0]
-    text = main.read_text(encoding="utf-8")
+    text = read_text(main)
     try:
         items = json.loads(text)
     except json.JSONDecodeError as err:
@@ -49,7 +49,7 @@ def read(path: str, split: str = "train") -> Iterator[Record | Malformed]:
         return
     test_ids: set[str] = set()
     if split != "all":
-        test_ids = set(json.loads(found[1].read_text(encoding="utf-8")))
+        test_ids = set(json.loads(read_text(found[1])))
     for pmid, item in items.items():
         if (split == "test") != (pmid in test_ids) and split != "all":
             continue

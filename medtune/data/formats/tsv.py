@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from medtune.data import tasks
-from medtune.data.formats.files import split_file
+from medtune.data.formats.files import split_file, text_lines
 from medtune.data.formats.records import Malformed, Record
 
 NAMES = ("{split}.tsv", "{split}.txt")
@@ -98,38 +98,36 @@ def _unquote(field: str) -> str:
 def _read(path: str, split: str, make, require_header: bool) -> Iterator[Record | Malformed]:
     f = files(path, split)[0]
     columns: tuple[int, int] | None = None
-    with open(f, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
+    for lineno, line in text_lines(f):
+        if not line.strip():
+            continue
+        fields = [_unquote(x) for x in line.split("\t")]
+        if columns is None:
+            low = [x.lower() for x in fields]
+            text_col = next((low.index(c) for c in TEXT_COLUMNS if c in low), None)
+            label_col = next((low.index(c) for c in LABEL_COLUMNS if c in low), None)
+            if text_col is not None and label_col is not None:
+                columns = (text_col, label_col)
                 continue
-            fields = [_unquote(x) for x in line.split("\t")]
-            if columns is None:
-                low = [x.lower() for x in fields]
-                text_col = next((low.index(c) for c in TEXT_COLUMNS if c in low), None)
-                label_col = next((low.index(c) for c in LABEL_COLUMNS if c in low), None)
-                if text_col is not None and label_col is not None:
-                    columns = (text_col, label_col)
-                    continue
-                if require_header:
-                    yield Malformed(str(f), lineno, "no header row naming a text column "
-                                    f"({', '.join(TEXT_COLUMNS)}) and a label column (label, labels)")
-                    return
-                columns = (-1, -1)  # headerless: decided per row by its width
-            if columns == (-1, -1):
-                if len(fields) not in (2, 3):
-                    yield Malformed(str(f), lineno, f"{len(fields)} tab-separated columns "
-                                    "(expected sentence<TAB>label or index<TAB>sentence<TAB>label)")
-                    continue
-                text, label = fields[-2], fields[-1]
-            else:
-                if len(fields) <= max(columns):
-                    yield Malformed(str(f), lineno, f"{len(fields)} columns, the header names "
-                                    f"{max(columns) + 1} or more")
-                    continue
-                text, label = fields[columns[0]], fields[columns[1]]
-            if not text:
-                yield Malformed(str(f), lineno, "empty text")
+            if require_header:
+                yield Malformed(str(f), lineno, "no header row naming a text column "
+                                f"({', '.join(TEXT_COLUMNS)}) and a label column (label, labels)")
+                return
+            columns = (-1, -1)  # headerless: decided per row by its width
+        if columns == (-1, -1):
+            if len(fields) not in (2, 3):
+                yield Malformed(str(f), lineno, f"{len(fields)} tab-separated columns "
+                                "(expected sentence<TAB>label or index<TAB>sentence<TAB>label)")
                 continue
-            out = make(text, label)
-            yield out if isinstance(out, Record) else Malformed(str(f), lineno, out)
+            text, label = fields[-2], fields[-1]
+        else:
+            if len(fields) <= max(columns):
+                yield Malformed(str(f), lineno, f"{len(fields)} columns, the header names "
+                                f"{max(columns) + 1} or more")
+                continue
+            text, label = fields[columns[0]], fields[columns[1]]
+        if not text:
+            yield Malformed(str(f), lineno, "empty text")
+            continue
+        out = make(text, label)
+        yield out if isinstance(out, Record) else Malformed(str(f), lineno, out)
