@@ -95,7 +95,8 @@ def parse_ner(text: str, tokens: Sequence[str], is_typed: bool = False) -> NerPa
                                             (no " : " in line 2, unknown tag X), extra 1
         "a : B\\nc : I\\nb : B"         ->  tags (B, O, O), mismatched 2
     """
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    # "\n" only: U+2028/U+0085 inside a token (text pasted from PDFs) is not a line break
+    lines = [ln.strip() for ln in text.strip().split("\n") if ln.strip()]
     tags: list[str] = []
     malformed = mismatched = 0
     for i, line in enumerate(lines[:len(tokens)]):

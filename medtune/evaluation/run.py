@@ -193,13 +193,15 @@ def read_generations(path: Path, loaded: list) -> list:
     by_name = {sets.set_name(s): (s, samples, malformed) for s, samples, malformed in loaded}
     answers: dict[str, dict[int, tuple[str, int]]] = {}
     by_input: dict[str, dict[str, list[int]]] = {}
+    from medtune.data.formats.files import SourceError, text_lines
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such generations file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such generations file") from None
-    except (OSError, UnicodeDecodeError) as err:
+        numbered = list(text_lines(path))  # a BOM dropped, lines split at "\n" only
+    except (OSError, SourceError) as err:
         raise UserError(f"{path}: cannot read it: {err}") from None
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in numbered:
         if not line.strip():
             continue
         where = f"{path}:{n}"

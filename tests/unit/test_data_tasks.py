@@ -88,3 +88,11 @@ def test_registry_parse_dispatch():
     assert tasks.parse("hoc", "PS, A") == ("Inducing angiogenesis (A)", "Sustaining proliferative signaling (PS)")
     with pytest.raises(KeyError):
         tasks.parse("open-qa", "anything")
+
+
+def test_ner_answer_lines_split_at_newline_only():
+    """A token holding U+2028/U+0085 (text pasted from a PDF) stays one line of the answer."""
+    toks = ["IL\u20282", "gene\u0085x", "level"]
+    tags = ["B", "I", "O"]
+    got = parse_ner(format_ner(toks, tags), toks)
+    assert got.tags == tuple(tags) and got.mismatched == 0 and got.malformed == 0
