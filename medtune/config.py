@@ -501,6 +501,73 @@ def _where(key: str, origin: dict[str, str], default_file: str) -> str:
     return default_file
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping.
+
+    PyYAML (like the YAML 1.1 loaders of most languages) silently keeps the
+    last of two equal keys, so a second ``train:`` block would replace the
+    first one whole. A ``<<:`` merge key is not a repeat: keys written beside
+    it override the merged ones, as YAML intends.
+    """
+
+    def construct_document(self, node):
+        found: list[tuple[str, int, int]] = []
+        self._find_duplicates(node, (), found)
+        if found:
+            raise DuplicateKeyError(sorted(found, key=lambda f: f[2]))
+        return super().construct_document(node)
+
+    def _find_duplicates(self, node, path: tuple[str, ...], found: list) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                line = key_node.start_mark.line
+                key = (self.construct_object(key_node, deep=True)
+                       if isinstance(key_node, yaml.ScalarNode) else key_node.start_mark.index)
+                try:
+                    if key in seen:
+                        found.append((".".join((*path, str(key))), seen[key] + 1, line + 1))
+                    seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: the schema refuses it later
+                    pass
+                self._find_duplicates(value_node, (*path, str(key)), found)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._find_duplicates(item, (*path, str(i)), found)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """Keys given twice in one YAML mapping: (dotted key, first line, repeated line), 1-based."""
+
+    def __init__(self, found: list[tuple[str, int, int]]):
+        self.found = found
+        super().__init__("; ".join(f"duplicate key '{k}' on lines {a} and {b}" for k, a, b in found))
+
+
+def read_yaml(path: str | os.PathLike, text: str | None = None) -> Any:
+    """The YAML document of `path` (or `text`, named `path` in errors), refusing repeated keys.
+
+    Every YAML file medtune reads goes through here: recipes and their bases,
+    data and evaluation recipes. Raises `RecipeError`, one line per problem,
+    each naming the file: ``FILE:9: duplicate key 'train' (first on line 2):
+    YAML keeps only the last; give it once`` or ``FILE:LINE:COL: bad YAML: ...``.
+    """
+    if text is None:
+        text = Path(path).read_text(encoding="utf-8")
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKeyError as err:
+        raise RecipeError([f"{path}:{again}: duplicate key '{key}' (first on line {first}): YAML "
+                           "keeps only the last; give it once" for key, first, again in err.found]) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError([f"{path}{at}: bad YAML: {problem}"]) from None
+
+
 # Keys whose values are file paths, resolved against the file that sets them.
 _PATH_KEYS = ("model.name_or_path", "model.tokenizer", "zero.deepspeed_config", "data.cache_dir")
 
@@ -513,13 +580,7 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str
     if not path.is_file():
         where = f"{chain[-1]}: base" if chain else str(path)
         raise RecipeError([f"{where}: recipe file {path} does not exist"])
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise RecipeError([f"{path}{at}: bad YAML: {problem}"]) from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise RecipeError([f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}"])
     bases = raw.pop("base", None) or []
@@ -599,7 +660,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise RecipeError([f"{COMMAND_LINE}: override '{item}' must look like section.key=value"])
     try:
-        value = yaml.safe_load(text) if text else None
+        value = yaml.load(text, Loader=_UniqueKeyLoader) if text else None
+    except DuplicateKeyError as err:
+        raise RecipeError([f"{COMMAND_LINE}: override '{item}': {err}"]) from None
     except yaml.YAMLError:
         value = text
     return key, value

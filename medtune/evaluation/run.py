@@ -76,9 +76,9 @@ def evaluate(model_dir: str, recipe: sets.EvalRecipe, out: Path, recipe_file: st
 
 
 def _source() -> str:
-    import yaml
+    from medtune.config import read_yaml
 
-    return yaml.safe_load((Path(__file__).parent / "paper_results.yaml").read_text())["source"]
+    return read_yaml(Path(__file__).parent / "paper_results.yaml")["source"]
 
 
 def _pct(x) -> str:
