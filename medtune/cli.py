@@ -255,7 +255,7 @@ def _launch(args) -> int:
     port = args.master_port or recipe.launch.master_port
     if port is None and args.launcher == "no_ssh":
         raise UserError("--launcher no_ssh needs --master-port: every node must name the same one")
-    master = args.master_addr or (hosts[0].name if args.launcher == "no_ssh" else None)
+    master = args.master_addr or (hosts[0].address if args.launcher == "no_ssh" else None)
     if not args.dry_run:
         _ready_to_start(args, recipe, run_dir, world=recipe.launch.nodes * recipe.launch.procs)
     plan = cluster_plan(Path(args.hostfile).resolve(), args.launcher, run_dir / "recipe.yaml", run_dir,
