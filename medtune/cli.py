@@ -174,6 +174,17 @@ def _check_zero(args, recipe: config.Recipe, world: int, has_gpu: bool | None) -
         raise config.RecipeError(found)
 
 
+def _check_locations(args, recipe: config.Recipe, weights: bool = True) -> None:
+    """A hub model or tokenizer that is neither cached nor reachable, before any work (`medtune.locations`)."""
+    from medtune import locations
+
+    overridden = {o.split("=", 1)[0] for o in args.overrides}
+    found = [f"{config.COMMAND_LINE if key in overridden else args.recipe}: {key}: {msg}"
+             for key, msg in locations.problems(recipe, weights)]
+    if found:
+        raise config.RecipeError(found)
+
+
 def _local_gpu(recipe: config.Recipe) -> bool | None:
     """Whether this machine has a GPU, asked only when the recipe needs one (it imports torch)."""
     if not (recipe.zero.quantized_weights or recipe.zero.quantized_gradients):
@@ -197,6 +208,7 @@ def _prepare(args) -> int:
 
     default_model = config.RECIPES_ROOT / "models" / "tiny-llama.yaml"
     recipe = config.load(args.recipe, args.overrides, defaults=[default_model])
+    _check_locations(args, recipe, weights=False)
     began = time.perf_counter()
     prepared = prepare(recipe, args.recipe)
     took = time.perf_counter() - began
@@ -234,6 +246,7 @@ def _train(args) -> int:
 
     recipe = _load(args)
     _check_zero(args, recipe, recipe.launch.procs, _local_gpu(recipe))
+    _check_locations(args, recipe)
     run_dir = _run_dir(args, recipe)
     _ready_to_start(args, recipe, run_dir, world=recipe.launch.procs)
     plan = local_plan(recipe.launch.procs, run_dir / "recipe.yaml", run_dir,
@@ -249,6 +262,7 @@ def _launch(args) -> int:
     hosts = hostfile.parse(args.hostfile)
     hostfile.check_against(hosts, args.hostfile, recipe.launch.nodes, recipe.launch.procs)
     _check_zero(args, recipe, recipe.launch.nodes * recipe.launch.procs, None)
+    _check_locations(args, recipe)
     if args.launcher == "no_ssh" and args.node_rank is None:
         raise UserError("--launcher no_ssh needs --node-rank (0 on the first host, 1 on the next, ...)")
     run_dir = _run_dir(args, recipe)

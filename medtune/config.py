@@ -374,7 +374,15 @@ def _cross_checks(r: Recipe, check_files: bool = True) -> list[tuple[str, str]]:
     out += _data_checks(r.data, check_files)
     if r.zero.deepspeed_config is not None and not Path(r.zero.deepspeed_config).is_file():
         out.append(("zero.deepspeed_config", f"{r.zero.deepspeed_config} does not exist"))
-    local_tok = m.tokenizer and _looks_local(m.tokenizer)
+    if m.name_or_path and looks_local(m.name_or_path):
+        where = Path(m.name_or_path).expanduser()
+        if not where.is_dir():
+            out.append(("model.name_or_path", f"{m.name_or_path}: no such directory (a local model "
+                                              "directory must exist; a hub id is owner/name)"))
+        elif not (where / "config.json").is_file():
+            out.append(("model.name_or_path", f"{m.name_or_path} has no config.json: not a Hugging Face "
+                                              "model directory (save_pretrained writes one)"))
+    local_tok = m.tokenizer and looks_local(m.tokenizer)
     if local_tok and m.train_tokenizer is None and not Path(m.tokenizer).exists():
         out.append(("model.tokenizer", f"{m.tokenizer} does not exist (set model.train_tokenizer "
                                        "to train one there)"))
@@ -424,8 +432,17 @@ def _data_checks(d: DataConfig, check_files: bool = True) -> list[tuple[str, str
     return out
 
 
-def _looks_local(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~")) or Path(value).exists()
+def looks_local(value: str) -> bool:
+    """Whether ``model.name_or_path``/``model.tokenizer`` means a directory rather than a hub id.
+
+    Absolute, ``./``, ``../`` or ``~`` paths, anything with more than one
+    ``/`` (a hub id is ``owner/name``), anything that exists and an
+    ``a/b`` whose ``a`` is an existing directory are directories
+    (transformers, too, loads an existing directory first).
+    """
+    return (value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
+            or Path(value).expanduser().exists()
+            or ("/" in value and Path(value.split("/", 1)[0]).is_dir()))
 
 
 # Keys that moved between sections: the error names the new place.
@@ -614,8 +631,8 @@ def _resolve_paths(raw: dict, here: Path) -> None:
         section, _, leaf = key.partition(".")
         block = raw.get(section)
         if isinstance(block, dict) and isinstance(block.get(leaf), str):
-            block[leaf] = _resolve(block[leaf], here, must_be_local=(leaf != "name_or_path"
-                                                                       and leaf != "tokenizer"))
+            model_key = leaf in ("name_or_path", "tokenizer")
+            block[leaf] = _resolve(block[leaf], here, must_be_local=not model_key, partial=model_key)
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("sources"), list):
         for src in data["sources"]:
@@ -623,14 +640,19 @@ def _resolve_paths(raw: dict, here: Path) -> None:
                 src["path"] = _resolve(src["path"], here, must_be_local=src.get("format") != "hub")
 
 
-def _resolve(value: str, here: Path, must_be_local: bool) -> str:
-    """A relative path is taken relative to the recipe; a hub id is kept as is."""
+def _resolve(value: str, here: Path, must_be_local: bool, partial: bool = False) -> str:
+    """A relative path is taken relative to the recipe; a hub id is kept as is.
+
+    `partial`: an ``a/b`` whose ``a`` is a directory beside the recipe is a path
+    there (a model directory not written yet is then refused, not looked up on the hub).
+    """
     value = os.path.expandvars(value)
     p = Path(value).expanduser()
     if p.is_absolute():
         return str(p)
     local = here / p
-    if must_be_local or value.startswith(("./", "../")) or local.exists():
+    partly_here = partial and len(p.parts) > 1 and (here / p.parts[0]).is_dir()
+    if must_be_local or value.startswith(("./", "../")) or local.exists() or partly_here:
         return str(local.resolve())
     return value
 

@@ -104,6 +104,11 @@ BAD = [
     ("repeated data.max_tokens", yaml.safe_dump(_with()).replace("  max_tokens: 512\n",
                                                                  "  max_tokens: 512\n  max_tokens: 64\n"), [],
      "duplicate key 'data.max_tokens' (first on line"),
+    # issue 14, fault 10: a model directory that is not there (was transformers' "Repo id must be..." traceback)
+    ("missing model directory", _with(model={"config": None, "name_or_path": "/nonexistent"}), [],
+     "model.name_or_path: /nonexistent: no such directory"),
+    ("model path with two slashes", _with(model={"config": None, "name_or_path": "runs/old/export"}), [],
+     "model.name_or_path: runs/old/export: no such directory"),
 ]
 
 
