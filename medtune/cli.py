@@ -164,12 +164,20 @@ def _run_overrides(args) -> list[str]:
 
 
 def _check_zero(args, recipe: config.Recipe, world: int, has_gpu: bool | None) -> None:
-    """``zero.hierarchy`` and ``zero.quantized_*`` before any rank starts (every rank checks again)."""
+    """``zero.hierarchy``, ``zero.quantized_*`` and ``zero.deepspeed_config`` before any rank starts
+    (every rank checks again)."""
     from medtune import comm
+    from medtune.engine import zero
 
     overridden = {o.split("=", 1)[0] for o in args.overrides}
     found = comm.problems(recipe, lambda key: config.COMMAND_LINE if key in overridden else args.recipe,
                           world, has_gpu)
+    where = config.COMMAND_LINE if "zero.deepspeed_config" in overridden else args.recipe
+    try:
+        found += [f"{where}: zero.deepspeed_config: {recipe.zero.deepspeed_config}: {key}: {msg}"
+                  for key, msg in zero.user_config_problems(recipe, world)]
+    except config.RecipeError as err:
+        found += [f"{where}: zero.deepspeed_config: {line}" for line in err.problems]
     if found:
         raise config.RecipeError(found)
 

@@ -189,8 +189,10 @@ class TrainConfig:
 @_section
 class ZeroConfig:
     deepspeed_config: str | None = None
-    """A whole DeepSpeed JSON to use instead of the generated one (medtune
-    still sets batch sizes and accumulation from the recipe)."""
+    """A whole DeepSpeed JSON to use instead of the generated one: ``"auto"``
+    is filled in as transformers does, batch sizes, accumulation, clipping
+    and precision come from the recipe, blocks medtune does not use are
+    refused (rules: ``medtune.engine.zero``)."""
     overlap_comm: bool = True
     """Overlap gradient reduction with the backward pass."""
     contiguous_gradients: bool = True
