@@ -174,7 +174,7 @@ def _check_zero(args, recipe: config.Recipe, world: int, has_gpu: bool | None) -
                           world, has_gpu)
     where = config.COMMAND_LINE if "zero.deepspeed_config" in overridden else args.recipe
     try:
-        found += [f"{where}: zero.deepspeed_config: {recipe.zero.deepspeed_config}: {key}: {msg}"
+        found += [f"{where}: zero.deepspeed_config: {recipe.zero.deepspeed_config}: {zero.describe(key, msg)}"
                   for key, msg in zero.user_config_problems(recipe, world)]
     except config.RecipeError as err:
         found += [f"{where}: zero.deepspeed_config: {line}" for line in err.problems]

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from medtune.config import Recipe
-from medtune.config import looks_local as is_local  # noqa: F401 (one rule for both)
+from medtune.config import looks_local as is_local  # one rule for config's checks and these
 
 HUB_TIMEOUT_S = 5.0
 """Seconds the one question to the hub may take (connect and read)."""

@@ -232,6 +232,11 @@ def _optimizer_problems(opt, recipe: Recipe) -> list[tuple[str, str]]:
     return out
 
 
+def describe(key: str, msg: str) -> str:
+    """``key = value: why`` or ``key: why``, the recipe errors' form."""
+    return f"{key} {msg}" if msg.startswith("= ") else f"{key}: {msg}"
+
+
 def build_config(recipe: Recipe, world: int, hidden_size: int, bf16: bool,
                  grad_accum: int | None = None, load_universal: bool = False, hpz: int = 1) -> dict:
     """A complete DeepSpeed config for `recipe` on `world` ranks: exactly what the ranks hand DeepSpeed.
@@ -255,7 +260,7 @@ def build_config(recipe: Recipe, world: int, hidden_size: int, bf16: bool,
     if path:
         found = user_config_problems(recipe)
         if found:
-            raise RecipeError([f"{path}: {key}: {msg}" for key, msg in found])
+            raise RecipeError([f"{path}: {describe(key, msg)}" for key, msg in found])
         cfg = read_user_config(path)
         cfg.pop("optimizer", None)  # honoured: the ranks pass medtune's AdamW, built from the same values
         user_zero = cfg.get("zero_optimization", {})

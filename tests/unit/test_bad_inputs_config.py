@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -118,7 +119,7 @@ def test_repeat_in_a_data_recipe_given_to_prepare(tmp_path, capsys):
 
 # ---- fault 10: model and tokenizer locations, before any rank starts -----------------------------
 
-def _model_recipe(tmp_path, **model) -> "Path":
+def _model_recipe(tmp_path, **model) -> Path:
     import yaml
 
     path = tmp_path / "model.yaml"

@@ -48,7 +48,7 @@ def test_users_deepspeed_json_keeps_recipe_batch_fields(tmp_path):
 def test_users_deepspeed_json_must_be_stage_3(tmp_path):
     user = tmp_path / "ds.json"
     user.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
-    with pytest.raises(config.RecipeError, match="zero_optimization.stage: = 2: medtune trains with ZeRO stage 3"):
+    with pytest.raises(config.RecipeError, match="zero_optimization.stage = 2: medtune trains with ZeRO stage 3"):
         build_config(_recipe(f"zero.deepspeed_config={user}"), world=2, hidden_size=64, bf16=False)
 
 
@@ -172,7 +172,7 @@ def test_stage_2_file_is_refused_before_any_rank_starts(tmp_path, capsys):
         code = cli.main([*verb, "--run-dir", str(tmp_path / "run")])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and err == [f"medtune: error: {recipe}: zero.deepspeed_config: {user}: "
-                                     "zero_optimization.stage: = 2: medtune trains with ZeRO stage 3; "
+                                     "zero_optimization.stage = 2: medtune trains with ZeRO stage 3; "
                                      "write 3 (or leave it out)"], (verb, err)
         assert not (tmp_path / "run").exists()
 def test_hierarchy_quantization_and_comm_log_reach_deepspeed():
