@@ -189,12 +189,31 @@ def _run_overrides(args) -> list[str]:
 
 
 def _check_zero(args, recipe: config.Recipe, world: int, has_gpu: bool | None) -> None:
-    """``zero.hierarchy`` and ``zero.quantized_*`` before any rank starts (every rank checks again)."""
+    """``zero.hierarchy``, ``zero.quantized_*`` and ``zero.deepspeed_config`` before any rank starts
+    (every rank checks again)."""
     from medtune import comm
+    from medtune.engine import zero
 
     overridden = {o.split("=", 1)[0] for o in args.overrides}
     found = comm.problems(recipe, lambda key: config.COMMAND_LINE if key in overridden else args.recipe,
                           world, has_gpu)
+    where = config.COMMAND_LINE if "zero.deepspeed_config" in overridden else args.recipe
+    try:
+        found += [f"{where}: zero.deepspeed_config: {recipe.zero.deepspeed_config}: {zero.describe(key, msg)}"
+                  for key, msg in zero.user_config_problems(recipe, world)]
+    except config.RecipeError as err:
+        found += [f"{where}: zero.deepspeed_config: {line}" for line in err.problems]
+    if found:
+        raise config.RecipeError(found)
+
+
+def _check_locations(args, recipe: config.Recipe, weights: bool = True) -> None:
+    """A hub model or tokenizer that is neither cached nor reachable, before any work (`medtune.locations`)."""
+    from medtune import locations
+
+    overridden = {o.split("=", 1)[0] for o in args.overrides}
+    found = [f"{config.COMMAND_LINE if key in overridden else args.recipe}: {key}: {msg}"
+             for key, msg in locations.problems(recipe, weights)]
     if found:
         raise config.RecipeError(found)
 
@@ -227,6 +246,7 @@ def _prepare(args) -> int:
         names_model = True
     except config.RecipeError:
         names_model = False
+    _check_locations(args, recipe, weights=False)
     began = time.perf_counter()
     prepared = prepare(recipe, args.recipe, model_context=names_model)
     took = time.perf_counter() - began
@@ -264,6 +284,7 @@ def _train(args) -> int:
 
     recipe = _load(args)
     _check_zero(args, recipe, recipe.launch.procs, _local_gpu(recipe))
+    _check_locations(args, recipe)
     run_dir = _run_dir(args, recipe)
     _ready_to_start(args, recipe, run_dir, world=recipe.launch.procs)
     plan = local_plan(recipe.launch.procs, run_dir / "recipe.yaml", run_dir,
@@ -279,13 +300,14 @@ def _launch(args) -> int:
     hosts = hostfile.parse(args.hostfile)
     hostfile.check_against(hosts, args.hostfile, recipe.launch.nodes, recipe.launch.procs)
     _check_zero(args, recipe, recipe.launch.nodes * recipe.launch.procs, None)
+    _check_locations(args, recipe)
     if args.launcher == "no_ssh" and args.node_rank is None:
         raise UserError("--launcher no_ssh needs --node-rank (0 on the first host, 1 on the next, ...)")
     run_dir = _run_dir(args, recipe)
     port = args.master_port or recipe.launch.master_port
     if port is None and args.launcher == "no_ssh":
         raise UserError("--launcher no_ssh needs --master-port: every node must name the same one")
-    master = args.master_addr or (hosts[0].name if args.launcher == "no_ssh" else None)
+    master = args.master_addr or (hosts[0].address if args.launcher == "no_ssh" else None)
     if not args.dry_run:
         _ready_to_start(args, recipe, run_dir, world=recipe.launch.nodes * recipe.launch.procs)
     plan = cluster_plan(Path(args.hostfile).resolve(), args.launcher, run_dir / "recipe.yaml", run_dir,

@@ -189,8 +189,10 @@ class TrainConfig:
 @_section
 class ZeroConfig:
     deepspeed_config: str | None = None
-    """A whole DeepSpeed JSON to use instead of the generated one (medtune
-    still sets batch sizes and accumulation from the recipe)."""
+    """A whole DeepSpeed JSON to use instead of the generated one: ``"auto"``
+    is filled in as transformers does, batch sizes, accumulation, clipping
+    and precision come from the recipe, blocks medtune does not use are
+    refused (rules: ``medtune.engine.zero``)."""
     overlap_comm: bool = True
     """Overlap gradient reduction with the backward pass."""
     contiguous_gradients: bool = True
@@ -374,7 +376,15 @@ def _cross_checks(r: Recipe, check_files: bool = True) -> list[tuple[str, str]]:
     out += _data_checks(r.data, check_files)
     if r.zero.deepspeed_config is not None and not Path(r.zero.deepspeed_config).is_file():
         out.append(("zero.deepspeed_config", f"{r.zero.deepspeed_config} does not exist"))
-    local_tok = m.tokenizer and _looks_local(m.tokenizer)
+    if m.name_or_path and looks_local(m.name_or_path):
+        where = Path(m.name_or_path).expanduser()
+        if not where.is_dir():
+            out.append(("model.name_or_path", f"{m.name_or_path}: no such directory (a local model "
+                                              "directory must exist; a hub id is owner/name)"))
+        elif not (where / "config.json").is_file():
+            out.append(("model.name_or_path", f"{m.name_or_path} has no config.json: not a Hugging Face "
+                                              "model directory (save_pretrained writes one)"))
+    local_tok = m.tokenizer and looks_local(m.tokenizer)
     if local_tok and m.train_tokenizer is None and not Path(m.tokenizer).exists():
         out.append(("model.tokenizer", f"{m.tokenizer} does not exist (set model.train_tokenizer "
                                        "to train one there)"))
@@ -424,8 +434,17 @@ def _data_checks(d: DataConfig, check_files: bool = True) -> list[tuple[str, str
     return out
 
 
-def _looks_local(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~")) or Path(value).exists()
+def looks_local(value: str) -> bool:
+    """Whether ``model.name_or_path``/``model.tokenizer`` means a directory rather than a hub id.
+
+    Absolute, ``./``, ``../`` or ``~`` paths, anything with more than one
+    ``/`` (a hub id is ``owner/name``), anything that exists and an
+    ``a/b`` whose ``a`` is an existing directory are directories
+    (transformers, too, loads an existing directory first).
+    """
+    return (value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
+            or Path(value).expanduser().exists()
+            or ("/" in value and Path(value.split("/", 1)[0]).is_dir()))
 
 
 # Keys that moved between sections: the error names the new place.
@@ -501,6 +520,73 @@ def _where(key: str, origin: dict[str, str], default_file: str) -> str:
     return default_file
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping.
+
+    PyYAML (like the YAML 1.1 loaders of most languages) silently keeps the
+    last of two equal keys, so a second ``train:`` block would replace the
+    first one whole. A ``<<:`` merge key is not a repeat: keys written beside
+    it override the merged ones, as YAML intends.
+    """
+
+    def construct_document(self, node):
+        found: list[tuple[str, int, int]] = []
+        self._find_duplicates(node, (), found)
+        if found:
+            raise DuplicateKeyError(sorted(found, key=lambda f: f[2]))
+        return super().construct_document(node)
+
+    def _find_duplicates(self, node, path: tuple[str, ...], found: list) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                line = key_node.start_mark.line
+                key = (self.construct_object(key_node, deep=True)
+                       if isinstance(key_node, yaml.ScalarNode) else key_node.start_mark.index)
+                try:
+                    if key in seen:
+                        found.append((".".join((*path, str(key))), seen[key] + 1, line + 1))
+                    seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: the schema refuses it later
+                    pass
+                self._find_duplicates(value_node, (*path, str(key)), found)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._find_duplicates(item, (*path, str(i)), found)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """Keys given twice in one YAML mapping: (dotted key, first line, repeated line), 1-based."""
+
+    def __init__(self, found: list[tuple[str, int, int]]):
+        self.found = found
+        super().__init__("; ".join(f"duplicate key '{k}' on lines {a} and {b}" for k, a, b in found))
+
+
+def read_yaml(path: str | os.PathLike, text: str | None = None) -> Any:
+    """The YAML document of `path` (or `text`, named `path` in errors), refusing repeated keys.
+
+    Every YAML file medtune reads goes through here: recipes and their bases,
+    data and evaluation recipes. Raises `RecipeError`, one line per problem,
+    each naming the file: ``FILE:9: duplicate key 'train' (first on line 2):
+    YAML keeps only the last; give it once`` or ``FILE:LINE:COL: bad YAML: ...``.
+    """
+    if text is None:
+        text = Path(path).read_text(encoding="utf-8")
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKeyError as err:
+        raise RecipeError([f"{path}:{again}: duplicate key '{key}' (first on line {first}): YAML "
+                           "keeps only the last; give it once" for key, first, again in err.found]) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError([f"{path}{at}: bad YAML: {problem}"]) from None
+
+
 # Keys whose values are file paths, resolved against the file that sets them.
 _PATH_KEYS = ("model.name_or_path", "model.tokenizer", "zero.deepspeed_config", "data.cache_dir")
 
@@ -513,13 +599,7 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str
     if not path.is_file():
         where = f"{chain[-1]}: base" if chain else str(path)
         raise RecipeError([f"{where}: recipe file {path} does not exist"])
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise RecipeError([f"{path}{at}: bad YAML: {problem}"]) from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise RecipeError([f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}"])
     bases = raw.pop("base", None) or []
@@ -553,8 +633,8 @@ def _resolve_paths(raw: dict, here: Path) -> None:
         section, _, leaf = key.partition(".")
         block = raw.get(section)
         if isinstance(block, dict) and isinstance(block.get(leaf), str):
-            block[leaf] = _resolve(block[leaf], here, must_be_local=(leaf != "name_or_path"
-                                                                       and leaf != "tokenizer"))
+            model_key = leaf in ("name_or_path", "tokenizer")
+            block[leaf] = _resolve(block[leaf], here, must_be_local=not model_key, partial=model_key)
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("sources"), list):
         for src in data["sources"]:
@@ -562,14 +642,19 @@ def _resolve_paths(raw: dict, here: Path) -> None:
                 src["path"] = _resolve(src["path"], here, must_be_local=src.get("format") != "hub")
 
 
-def _resolve(value: str, here: Path, must_be_local: bool) -> str:
-    """A relative path is taken relative to the recipe; a hub id is kept as is."""
+def _resolve(value: str, here: Path, must_be_local: bool, partial: bool = False) -> str:
+    """A relative path is taken relative to the recipe; a hub id is kept as is.
+
+    `partial`: an ``a/b`` whose ``a`` is a directory beside the recipe is a path
+    there (a model directory not written yet is then refused, not looked up on the hub).
+    """
     value = os.path.expandvars(value)
     p = Path(value).expanduser()
     if p.is_absolute():
         return str(p)
     local = here / p
-    if must_be_local or value.startswith(("./", "../")) or local.exists():
+    partly_here = partial and len(p.parts) > 1 and (here / p.parts[0]).is_dir()
+    if must_be_local or value.startswith(("./", "../")) or local.exists() or partly_here:
         return str(local.resolve())
     return value
 
@@ -599,7 +684,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise RecipeError([f"{COMMAND_LINE}: override '{item}' must look like section.key=value"])
     try:
-        value = yaml.safe_load(text) if text else None
+        value = yaml.load(text, Loader=_UniqueKeyLoader) if text else None
+    except DuplicateKeyError as err:
+        raise RecipeError([f"{COMMAND_LINE}: override '{item}': {err}"]) from None
     except yaml.YAMLError:
         value = text
     return key, value

@@ -97,9 +97,9 @@ def report(per_set: list, meta: dict, out: Path, generations: bool = True) -> di
 
 
 def _source() -> str:
-    import yaml
+    from medtune.config import read_yaml
 
-    return yaml.safe_load((Path(__file__).parent / "paper_results.yaml").read_text())["source"]
+    return read_yaml(Path(__file__).parent / "paper_results.yaml")["source"]
 
 
 def _load_sets(recipe: sets.EvalRecipe, recipe_file: str, limit: int | None,

@@ -23,11 +23,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
-from medtune.config import RecipeError
+from medtune.config import RecipeError, read_yaml
 from medtune.data import tasks, templates
 from medtune.data.formats import READERS, Malformed, Record, SourceError
 
@@ -90,11 +89,9 @@ def load(path: str | os.PathLike, overrides: dict | None = None) -> EvalRecipe:
     path = Path(path)
     where = str(path)
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = read_yaml(where) or {}
     except FileNotFoundError:
         raise RecipeError([f"{where}: no such evaluation recipe (see recipes/eval/)"]) from None
-    except yaml.YAMLError as err:
-        raise RecipeError([f"{where}: not valid YAML: {err}"]) from None
     if not isinstance(tree, dict):
         raise RecipeError([f"{where}: an evaluation recipe is a mapping with `sets:` "
                            "(see recipes/eval/shared-corpora.yaml)"])
@@ -150,7 +147,7 @@ def _checks(r: EvalRecipe, where: str) -> list[str]:
 
 def paper_results() -> dict:
     """The paper's reported figures (``paper_results.yaml``), by set key."""
-    data = yaml.safe_load((Path(__file__).parent / "paper_results.yaml").read_text(encoding="utf-8"))
+    data = read_yaml(Path(__file__).parent / "paper_results.yaml")
     return data["results"]
 
 

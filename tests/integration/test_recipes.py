@@ -107,3 +107,26 @@ def test_plan_prints_the_table_and_the_smallest_node_count():
                   "--gpus-per-node", "8", "--gpu-mem", "24").stdout
     assert "13.02B parameters" in out and "offload optimizer" in out
     assert "does NOT fit on 1 x 8; smallest node count that fits: 2" in out
+
+
+def test_llamafactory_deepspeed_json_trains_with_the_sizes_medtune_derives(tmp_path):
+    """Issue 14, fault 9: its "auto" sizes were DeepSpeed's defaults (persistence 1e5 kept every weight
+    of the hidden-64 model whole on every rank); the run directory's file is what the ranks used."""
+    import json
+
+    from medtune.engine.zero import build_config
+
+    recipe = write_recipe(tmp_path / "lf.yaml", {
+        "base": [str(RECIPES / "demo.yaml")],
+        "zero": {"deepspeed_config": str(REPO / "tests" / "assets" / "deepspeed" / "llamafactory_z3.json")},
+        "train": {"max_steps": 2, "export": False}, "logging": {"progress": False},
+    })
+    run = tmp_path / "run"
+    medtune("train", str(recipe), "--run-dir", str(run))
+    used = json.loads((run / "deepspeed_config.json").read_text())
+    hidden = config.load(recipe).model.config["hidden_size"]
+    z = used["zero_optimization"]
+    assert (z["reduce_bucket_size"], z["stage3_prefetch_bucket_size"], z["stage3_param_persistence_threshold"]) \
+        == (hidden * hidden, int(0.9 * hidden * hidden), 10 * hidden)
+    assert used == build_config(config.load(run / "recipe.yaml"), 2, hidden, False)
+    assert [m["step"] for m in metrics(run)] == [1, 2]

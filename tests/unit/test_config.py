@@ -98,6 +98,17 @@ BAD = [
      "kernels.attention = 'flash': must be 'auto', 'flash_attn', 'torch_varlen', 'sdpa_varlen'"),
     ("unknown loss head", _with(kernels={"loss": "fused"}), [], "kernels.loss = 'fused': must be 'standard' or"),
     ("zero peak", _with(logging={"peak_tflops": 0}), [], "logging.peak_tflops = 0: must be greater than 0"),
+    # issue 14, fault 1: PyYAML keeps the last of two equal keys
+    ("second train block", yaml.safe_dump(_with(train={"epochs": 3})) + "train:\n  lr: 1.0e-4\n", [],
+     "duplicate key 'train' (first on line"),
+    ("repeated data.max_tokens", yaml.safe_dump(_with()).replace("  max_tokens: 512\n",
+                                                                 "  max_tokens: 512\n  max_tokens: 64\n"), [],
+     "duplicate key 'data.max_tokens' (first on line"),
+    # issue 14, fault 10: a model directory that is not there (was transformers' "Repo id must be..." traceback)
+    ("missing model directory", _with(model={"config": None, "name_or_path": "/nonexistent"}), [],
+     "model.name_or_path: /nonexistent: no such directory"),
+    ("model path with two slashes", _with(model={"config": None, "name_or_path": "runs/old/export"}), [],
+     "model.name_or_path: runs/old/export: no such directory"),
 ]
 
 
