@@ -434,10 +434,15 @@ def rank_entry(argv: list[str]) -> int:
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     _resume_args(p)
     args = p.parse_args(argv)
+    from medtune.engine.checkpoint import CheckpointError
     from medtune.engine.main import main as rank_main
 
     try:
         return rank_main(args.recipe, args.run_dir, args.resume, args.allow_changed)
+    except CheckpointError as err:  # every rank raises it; one says it
+        if err.loud:
+            print(f"medtune: error: {err}", file=sys.stderr, flush=True)
+        return exitcodes.IO_ERROR
     except config.RecipeError as err:
         print("\n".join(f"medtune: error: {line}" for line in err.problems), file=sys.stderr)
         return exitcodes.USAGE

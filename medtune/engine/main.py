@@ -123,7 +123,10 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
         return exitcodes.OK
     finally:
         if log is not None:
-            log.close()
+            try:
+                log.close()
+            except OSError as err:  # a full disk: the ranks must still leave together
+                say(f"closing the metrics logs failed ({err})")
         dist.barrier()
         dist.destroy_process_group()
 
