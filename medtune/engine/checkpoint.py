@@ -9,6 +9,8 @@ Layout of ``RUN_DIR/checkpoints``::
     universal/step-00000010/       made on demand to resume on another number of ranks
     latest                         name of the newest complete checkpoint
 
+and ``RUN_DIR/finished.json`` once a run trained to its end (and exported).
+
 A checkpoint counts only with ``COMPLETE``: a kill or a failed write during a
 save leaves the previous checkpoint the newest one. Nothing is pickled by
 medtune: state is JSON and tensors are safetensors.
@@ -33,6 +35,8 @@ from medtune.errors import UserError
 from medtune.fsutil import locked, write_atomic
 
 MARKER = "COMPLETE"
+FINISHED = "finished.json"
+"""In the run directory: written by rank 0 when a run ended normally (after its export)."""
 HOLD_SAVE_ENV = "MEDTUNE_TEST_HOLD_SAVE_AT"   # test hook: rank 0 stops mid-save at this step
 FAIL_SAVE_ENV = "MEDTUNE_TEST_FAIL_SAVE_AT"   # test hook: the last rank's save at this step fails
 
@@ -240,6 +244,26 @@ def latest(run_dir: Path) -> Path | None:
     root = run_dir / "checkpoints"
     done = sorted(p for p in root.glob("step-*") if (p / MARKER).is_file()) if root.is_dir() else []
     return done[-1] if done else None
+
+
+def finished(run_dir: Path) -> dict | None:
+    """What a run that trained to its end recorded (``step``, ``checkpoint``, ``export``), or None.
+
+    None as well when a newer checkpoint than the finished one exists (the
+    run was continued since, e.g. with a larger ``train.max_steps``).
+    """
+    try:
+        done = json.loads((run_dir / FINISHED).read_text())
+    except (OSError, ValueError):
+        return None
+    newest = latest(run_dir)
+    return done if newest is not None and newest.name == done.get("checkpoint") else None
+
+
+def mark_finished(run_dir: Path, ckpt: Path, step: int, export: Path | None) -> None:
+    """Record (rank 0) that the run trained to its end at checkpoint `ckpt`."""
+    write_atomic(run_dir / FINISHED, json.dumps({"step": step, "checkpoint": ckpt.name,
+                                                 "export": str(export) if export else None}))
 
 
 def read_state(ckpt: Path) -> TrainerState:

@@ -243,6 +243,33 @@ def test_changed_recipe_is_refused_naming_the_key(recipe, baseline, tmp_path):
     assert not (run / "logs").exists(), "ranks were started for a refused resume"
 
 
+def test_the_same_command_resumes_in_one_run_directory(recipe, baseline, tmp_path):
+    """Issue 14, fault 7: without --run-dir, a crash and then the very same command, twice."""
+    run = tmp_path / "runs" / "resume"  # runs/<recipe name>, the name being the recipe file's stem
+    proc = subprocess.Popen([sys.executable, "-m", "medtune.cli", "train", str(recipe)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    wait_for_step(run, SAVE_EVERY + 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = medtune("train", str(recipe), cwd=tmp_path)
+    assert f"resuming from {run / 'checkpoints' / f'step-{SAVE_EVERY:08d}'} at step {SAVE_EVERY}" in out.stderr
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["resume"]
+    assert [m["step"] for m in metrics(run)] == list(range(1, STEPS + 1))  # max_steps, not 6 + 12
+    assert_same_run(run, baseline)
+    # once finished, the same command says so and trains nothing
+    log = (run / "logs" / "launcher.log").read_bytes()
+    again = medtune("train", str(recipe), cwd=tmp_path)
+    assert f"[medtune] {run} is complete: trained to step {STEPS} (checkpoint step-{STEPS:08d}, export " \
+           f"{run / 'export'}); nothing to do" in again.stderr
+    assert (run / "logs" / "launcher.log").read_bytes() == log, "ranks were started again"
+    # and a changed recipe under the same name is refused, naming the key
+    changed = medtune("train", str(recipe), "train.lr=1e-3", cwd=tmp_path, check=False)
+    assert changed.returncode == exitcodes.USAGE
+    (line,) = [x for x in changed.stderr.splitlines() if "error" in x]
+    assert "train.lr: 0.002 -> 0.001" in line and "--allow-changed" in line
+
+
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
