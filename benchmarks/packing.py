@@ -52,7 +52,7 @@ def shared_lengths(vocab: int) -> list[int]:
                                           f"model.config.vocab_size={vocab}"]
     recipe = config.load(config.RECIPES_ROOT / "data" / "shared-corpora.yaml", overrides,
                          defaults=[config.RECIPES_ROOT / "models" / "tiny-llama.yaml"])
-    return list(prepare(recipe, log=lambda _: None).dataset["length"])
+    return list(prepare(recipe, log=lambda _: None, model_context=False).dataset["length"])
 
 
 def padded_fill(lengths: Sequence[int], batch: int = 8, seed: int = 0) -> float:

@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("recipe")
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="dotted recipe overrides, e.g. train.lr=2e-5")
-    train.add_argument("--run-dir", help="run directory (default runs/<recipe>-<time>)")
+    train.add_argument("--run-dir", help="run directory (default runs/<recipe name>: running the same "
+                                         "command again resumes it)")
     _resume_args(train)
     _run_args(train)
 
@@ -53,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("--master-addr", help="rendezvous address (default: first host)")
     launch.add_argument("--master-port", type=int, help="rendezvous port (default: a free one)")
     launch.add_argument("--node-rank", type=int, help="this node's index, with --launcher no_ssh")
-    launch.add_argument("--run-dir", help="run directory on a file system every node sees")
+    launch.add_argument("--run-dir", help="run directory on a file system every node sees "
+                                          "(default runs/<recipe name>)")
     launch.add_argument("--dry-run", action="store_true", help="print the commands, change nothing")
     _resume_args(launch)
     _run_args(launch)
@@ -70,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     slurm.add_argument("--job-name", help="default: the recipe's name")
     slurm.add_argument("--grace", type=int, default=120,
                        help="seconds between Slurm's USR1 warning and the kill (default 120)")
-    slurm.add_argument("--run-dir", help="run directory on a file system every node sees")
+    slurm.add_argument("--run-dir", help="run directory on a file system every node sees "
+                                          "(default runs/<recipe name>)")
     slurm.add_argument("--out", help="where to write the script (default RUN_DIR/job.sbatch)")
     slurm.add_argument("--submit", action="store_true", help="submit it with sbatch and print the job id")
     _run_args(slurm)
@@ -286,7 +289,8 @@ def _train(args) -> int:
     _check_zero(args, recipe, recipe.launch.procs, _local_gpu(recipe))
     _check_locations(args, recipe)
     run_dir = _run_dir(args, recipe)
-    _ready_to_start(args, recipe, run_dir, world=recipe.launch.procs)
+    if not _ready_to_start(args, recipe, run_dir, world=recipe.launch.procs):
+        return exitcodes.OK
     plan = local_plan(recipe.launch.procs, run_dir / "recipe.yaml", run_dir,
                       recipe.launch.master_port or free_port(), extra=_resume_argv(args))
     return _run(plan, args, run_dir)
@@ -308,8 +312,9 @@ def _launch(args) -> int:
     if port is None and args.launcher == "no_ssh":
         raise UserError("--launcher no_ssh needs --master-port: every node must name the same one")
     master = args.master_addr or (hosts[0].address if args.launcher == "no_ssh" else None)
-    if not args.dry_run:
-        _ready_to_start(args, recipe, run_dir, world=recipe.launch.nodes * recipe.launch.procs)
+    if not args.dry_run and not _ready_to_start(args, recipe, run_dir,
+                                                world=recipe.launch.nodes * recipe.launch.procs):
+        return exitcodes.OK
     plan = cluster_plan(Path(args.hostfile).resolve(), args.launcher, run_dir / "recipe.yaml", run_dir,
                         port or free_port(), dict(os.environ), master, args.node_rank,
                         extra=_resume_argv(args))
@@ -383,29 +388,50 @@ def _doctor(args) -> int:
 
 
 def _run_dir(args, recipe: config.Recipe) -> Path:
-    return Path(args.run_dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    """``--run-dir``, else ``runs/<recipe name>`` (``name:``, default the recipe file's stem).
+
+    The default is the same on every call, so rerunning the same command
+    after a stop, a crash or Ctrl-C resumes the run instead of starting over
+    elsewhere (as Hugging Face Trainer-based tools do with their
+    ``output_dir``); `_ready_to_start` refuses a changed recipe and does not
+    retrain a finished run.
+    """
+    return Path(args.run_dir or f"runs/{recipe.name}").resolve()
 
 
 def _resume_argv(args) -> tuple[str, ...]:
     return ("--resume", args.resume) + (("--allow-changed",) if args.allow_changed else ())
 
 
-def _ready_to_start(args, recipe: config.Recipe, run_dir: Path, world: int) -> None:
+def _ready_to_start(args, recipe: config.Recipe, run_dir: Path, world: int) -> bool:
     """Everything that must happen once, in this process, before any rank starts.
 
     Tokenizer training and tokenization (a bad recipe or bad data fails
     here, and no collective timeout can expire while ranks wait on them),
     resume checks and a universal conversion for a new world size, and the
-    resolved recipe every rank reads.
+    resolved recipe every rank reads. Returns False (ranks need not start)
+    when ``--resume auto`` finds the run in `run_dir` finished with this very
+    recipe: it says so instead of training again.
     """
     from medtune.data.prepare import prepare
+    from medtune.engine.checkpoint import finished
     from medtune.engine.main import data_digest, plan_resume
 
     prepared = prepare(recipe, args.recipe)
+    done = finished(run_dir) if args.resume == "auto" and not args.allow_changed else None
+    # a changed recipe is refused (naming the keys) before a finished run is reported
     plan_resume(recipe, run_dir, args.resume, args.allow_changed, data_digest(prepared), world,
-                say=lambda m: print(f"[medtune] {m}", file=sys.stderr))
+                say=(lambda m: None) if done else (lambda m: print(f"[medtune] {m}", file=sys.stderr)))
+    if done is not None:
+        export = f", export {done['export']}" if done.get("export") else ""
+        print(f"[medtune] {run_dir} is complete: trained to step {done['step']} "
+              f"(checkpoint {done['checkpoint']}{export}); nothing to do. To train again, give "
+              "another --run-dir; to train on with a changed recipe, pass --allow-changed",
+              file=sys.stderr)
+        return False
     run_dir.mkdir(parents=True, exist_ok=True)
     config.dump(recipe, run_dir / "recipe.yaml")
+    return True
 
 
 def _run(plan, args, run_dir: Path, first_rank: int = 0) -> int:
@@ -501,10 +527,15 @@ def rank_entry(argv: list[str]) -> int:
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     _resume_args(p)
     args = p.parse_args(argv)
+    from medtune.engine.checkpoint import CheckpointError
     from medtune.engine.main import main as rank_main
 
     try:
         return rank_main(args.recipe, args.run_dir, args.resume, args.allow_changed)
+    except CheckpointError as err:  # every rank raises it; one says it
+        if err.loud:
+            print(f"medtune: error: {err}", file=sys.stderr, flush=True)
+        return exitcodes.IO_ERROR
     except config.RecipeError as err:
         print("\n".join(f"medtune: error: {line}" for line in err.problems), file=sys.stderr)
         return exitcodes.USAGE

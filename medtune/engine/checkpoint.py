@@ -9,13 +9,14 @@ Layout of ``RUN_DIR/checkpoints``::
     universal/step-00000010/       made on demand to resume on another number of ranks
     latest                         name of the newest complete checkpoint
 
+and ``RUN_DIR/finished.json`` once a run trained to its end (and exported).
+
 A checkpoint counts only with ``COMPLETE``: a kill or a failed write during a
 save leaves the previous checkpoint the newest one. Nothing is pickled by
 medtune: state is JSON and tensors are safetensors.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -34,8 +35,10 @@ from medtune.errors import UserError
 from medtune.fsutil import locked, write_atomic
 
 MARKER = "COMPLETE"
+FINISHED = "finished.json"
+"""In the run directory: written by rank 0 when a run ended normally (after its export)."""
 HOLD_SAVE_ENV = "MEDTUNE_TEST_HOLD_SAVE_AT"   # test hook: rank 0 stops mid-save at this step
-FAIL_SAVE_ENV = "MEDTUNE_TEST_FAIL_SAVE_AT"   # test hook: the save at this step fails (ENOSPC)
+FAIL_SAVE_ENV = "MEDTUNE_TEST_FAIL_SAVE_AT"   # test hook: the last rank's save at this step fails
 
 
 class ResumeError(UserError):
@@ -43,7 +46,14 @@ class ResumeError(UserError):
 
 
 class CheckpointError(UserError):
-    """A checkpoint could not be written; the previous one is intact."""
+    """A checkpoint could not be written; the previous one is intact.
+
+    Raised on every rank alike; only the one with ``loud`` set prints it.
+    """
+
+    def __init__(self, message: str, loud: bool = True):
+        super().__init__(message)
+        self.loud = loud
 
 
 @dataclass
@@ -69,32 +79,119 @@ def tag_for(step: int) -> str:
 # ---------------------------------------------------------------- saving
 
 def save(engine, run_dir: Path, state: TrainerState, rank: int, keep_last: int | None) -> Path:
-    """Write a complete checkpoint of this step from every rank (a collective)."""
+    """Write a complete checkpoint of this step from every rank (a collective).
+
+    Any failure of a write on any rank (a full disk makes ``torch.save``
+    raise ``RuntimeError``, not ``OSError``) is caught on that rank; the ranks
+    then agree on it in one collective, so every rank, the failed one and the
+    others, leaves through the same calls and none waits in a barrier for a
+    rank that gave up. The partial checkpoint is removed and every rank raises
+    `CheckpointError` ("writing checkpoint X failed (rank R: reason); the
+    previous checkpoint Y is intact"), which rank 0 prints.
+    """
     import deepspeed.comm as dist
 
     root = run_dir / "checkpoints"
     out = root / tag_for(state.global_step)
     if (out / MARKER).is_file():
         return out  # this very step is saved already (e.g. a signal right after a periodic save)
-    if rank == 0 and out.exists():
-        shutil.rmtree(out)  # the remains of a save that was killed
+    failed: list[str] = []
+    with _recorded(failed):
+        if rank == 0 and out.exists():
+            shutil.rmtree(out)  # the remains of a save that was killed
     dist.barrier()
-    try:
+    with _recorded(failed), _deepspeed_writes_recorded(engine, failed):
+        # every collective of DeepSpeed's save runs on every rank; only the writes may fail
         engine.save_checkpoint(str(root), tag=out.name, client_state={}, save_latest=False)
-        _save_rng(out / "rng", rank)
-        _test_hooks(state.global_step, out, rank)
-    except OSError as err:
-        prev = latest(run_dir)
-        kept = f"the previous checkpoint {prev} is intact" if prev else "there is no earlier checkpoint"
-        raise CheckpointError(f"writing checkpoint {out} failed ({err}); {kept}") from err
-    dist.barrier()
+    if not failed:
+        with _recorded(failed):
+            _save_rng(out / "rng", rank)
+            _test_hooks(state.global_step, out, rank)
+    _agree(failed, run_dir, out, rank)
     if rank == 0:
-        write_atomic(out / "trainer_state.json", json.dumps(asdict(state), indent=2))
-        write_atomic(out / MARKER, time.strftime("%Y-%m-%dT%H:%M:%S"))
-        write_atomic(root / "latest", out.name)
+        with _recorded(failed):
+            write_atomic(out / "trainer_state.json", json.dumps(asdict(state), indent=2))
+            write_atomic(out / MARKER, time.strftime("%Y-%m-%dT%H:%M:%S"))
+            write_atomic(root / "latest", out.name)
+    _agree(failed, run_dir, out, rank)
+    if rank == 0:
         prune(root, keep_last)
     dist.barrier()
     return out
+
+
+class _recorded:
+    """A context manager that records (not raises) any exception as one line in `failed`."""
+
+    def __init__(self, failed: list[str]):
+        self.failed = failed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, _tb):
+        if err is None or not isinstance(err, Exception):
+            return False
+        self.failed.append(" ".join(f"{kind.__name__}: {err}".split())[:300])
+        return True
+
+
+class _deepspeed_writes_recorded:
+    """Record, instead of raise, failures of the files DeepSpeed's ``save_checkpoint`` writes.
+
+    DeepSpeed 0.19's ``save_checkpoint`` writes through
+    ``engine.checkpoint_engine.save`` (``torch.save``) and ``.makedirs``, and
+    rank 0 copies its recovery scripts (``_copy_recovery_script``) between
+    barriers: a write that raised there would take its rank out of the
+    remaining barriers while the others wait in them (until the collective
+    timeout). Guarded, every rank runs the whole function.
+    """
+
+    def __init__(self, engine, failed: list[str]):
+        self.engine, self.failed = engine, failed
+
+    def __enter__(self):
+        ce, failed = self.engine.checkpoint_engine, self.failed
+        self.saved = {"save": ce.save, "makedirs": ce.makedirs}
+        self.copy = self.engine.__dict__.get("_copy_recovery_script")
+
+        def guard(fn):
+            def guarded(*args, **kwargs):
+                if failed:
+                    return None  # the checkpoint is lost already: write nothing more
+                with _recorded(failed):
+                    return fn(*args, **kwargs)
+            return guarded
+        ce.save, ce.makedirs = guard(ce.save), guard(ce.makedirs)
+        self.engine._copy_recovery_script = guard(self.engine._copy_recovery_script)
+        return self
+
+    def __exit__(self, *_exc):
+        ce = self.engine.checkpoint_engine
+        ce.save, ce.makedirs = self.saved["save"], self.saved["makedirs"]
+        if self.copy is None:
+            del self.engine._copy_recovery_script
+        else:
+            self.engine._copy_recovery_script = self.copy
+        return False
+
+
+def _agree(failed: list[str], run_dir: Path, out: Path, rank: int) -> None:
+    """One collective in which the ranks learn whether any of them failed; then all raise alike."""
+    import torch.distributed as tdist
+
+    reasons: list[str | None] = [None] * tdist.get_world_size()
+    tdist.all_gather_object(reasons, f"rank {rank}: {failed[0]}" if failed else None)
+    reasons = [r for r in reasons if r]
+    if not reasons:
+        return
+    free = shutil.disk_usage(run_dir).free if run_dir.exists() else 0  # before the clean-up below
+    if rank == 0:
+        shutil.rmtree(out, ignore_errors=True)  # no rank writes to it any more
+    prev = latest(run_dir)
+    kept = f"the previous checkpoint {prev} is intact" if prev else "there is no earlier checkpoint"
+    raise CheckpointError(f"writing checkpoint {out} failed ({reasons[0]}; {free / 2**20:.1f} MiB free "
+                          f"on the run directory's file system); {kept}", loud=rank == 0)
 
 
 def prune(root: Path, keep_last: int | None) -> list[Path]:
@@ -116,8 +213,9 @@ def prune(root: Path, keep_last: int | None) -> list[Path]:
 
 
 def _test_hooks(step: int, out: Path, rank: int) -> None:
-    if os.environ.get(FAIL_SAVE_ENV) == str(step):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
+    if os.environ.get(FAIL_SAVE_ENV) == str(step) and rank == int(os.environ.get("WORLD_SIZE", "1")) - 1:
+        # what torch.save raises on a full disk, on the last rank only
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1472 vs 1364")
     if os.environ.get(HOLD_SAVE_ENV) == str(step) and rank == 0:
         (out / ".held").write_text(str(os.getpid()))
         while True:  # the test kills us here, mid-save
@@ -146,6 +244,26 @@ def latest(run_dir: Path) -> Path | None:
     root = run_dir / "checkpoints"
     done = sorted(p for p in root.glob("step-*") if (p / MARKER).is_file()) if root.is_dir() else []
     return done[-1] if done else None
+
+
+def finished(run_dir: Path) -> dict | None:
+    """What a run that trained to its end recorded (``step``, ``checkpoint``, ``export``), or None.
+
+    None as well when a newer checkpoint than the finished one exists (the
+    run was continued since, e.g. with a larger ``train.max_steps``).
+    """
+    try:
+        done = json.loads((run_dir / FINISHED).read_text())
+    except (OSError, ValueError):
+        return None
+    newest = latest(run_dir)
+    return done if newest is not None and newest.name == done.get("checkpoint") else None
+
+
+def mark_finished(run_dir: Path, ckpt: Path, step: int, export: Path | None) -> None:
+    """Record (rank 0) that the run trained to its end at checkpoint `ckpt`."""
+    write_atomic(run_dir / FINISHED, json.dumps({"step": step, "checkpoint": ckpt.name,
+                                                 "export": str(export) if export else None}))
 
 
 def read_state(ckpt: Path) -> TrainerState:

@@ -39,6 +39,8 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
     prepared = prepare(recipe, recipe_path, log=say)
     start, state, universal = plan_resume(recipe, run, resume, allow_changed, data_digest(prepared),
                                           me.world, say)
+    if me.rank == 0:  # this run trains on: no longer finished until it ends again
+        (run / checkpoint.FINISHED).unlink(missing_ok=True)
 
     import deepspeed
     import deepspeed.comm as dist
@@ -115,7 +117,7 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
             return exitcodes.PREEMPTED
         if ended == "bad_loss":
             return exitcodes.BAD_LOSS
-        save(state)
+        final = save(state)
         if recipe.train.export:
             ids, logits = trainer.probe_logits(engine, data, kernels.attention)
             export.gather_and_save(engine, run, run / "export", me.rank)
@@ -124,10 +126,19 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
 
                 save_file({"input_ids": ids, "logits": logits}, str(run / "probe.safetensors"))
                 say(f"export written and verified: {run / 'export'}")
+        if me.rank == 0:
+            try:
+                checkpoint.mark_finished(run, final, state.global_step,
+                                         run / "export" if recipe.train.export else None)
+            except OSError as err:  # the run is done all the same; a rerun would resume and re-export
+                say(f"recording that the run finished failed ({err})")
         return exitcodes.OK
     finally:
         if log is not None:
-            log.close()
+            try:
+                log.close()
+            except OSError as err:  # a full disk: the ranks must still leave together
+                say(f"closing the metrics logs failed ({err})")
         dist.barrier()
         dist.destroy_process_group()
 

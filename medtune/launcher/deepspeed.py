@@ -94,10 +94,7 @@ def execute(plan: LaunchPlan) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     env = {**os.environ, **plan.env}
-    log = None
-    if plan.log is not None:
-        plan.log.parent.mkdir(parents=True, exist_ok=True)
-        log = open(plan.log, "ab")
+    log = _LogCopy(plan.log) if plan.log is not None else None
     # Same process group as ours: a Ctrl-C, a hang-up or a kill of the group
     # reaches every rank, and nothing outlives this command.
     proc = subprocess.Popen(plan.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -127,6 +124,49 @@ def execute(plan: LaunchPlan) -> int:
             signal.signal(s, h)
         if log is not None:
             log.close()
+
+
+class _LogCopy:
+    """The launcher's copy of the ranks' output (``RUN_DIR/logs/launcher.log``).
+
+    A write that fails (a full disk, a vanished mount) stops the copy, says so
+    once on stderr, and never stops the run: the output still streams to the
+    terminal, and the ranks still report their own errors there.
+    """
+
+    def __init__(self, path: Path):
+        self.path, self.fh = path, None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(path, "ab")
+        except OSError as err:
+            self._stop(err)
+
+    def write(self, chunk: bytes) -> None:
+        if self.fh is None:
+            return
+        try:
+            self.fh.write(chunk)
+            self.fh.flush()
+        except OSError as err:
+            self._stop(err)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            try:
+                self.fh.close()
+            except OSError as err:
+                self._stop(err)
+
+    def _stop(self, err: OSError) -> None:
+        if self.fh is not None:
+            try:
+                self.fh.close()
+            except OSError:
+                pass
+            self.fh = None
+        print(f"[medtune] the log copy {self.path} stopped ({err}); the output continues here only",
+              file=sys.stderr, flush=True)
 
 
 def _ranks(pid: int) -> list:

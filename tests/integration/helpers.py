@@ -10,16 +10,18 @@ from pathlib import Path
 import torch
 import yaml
 
-from tests.conftest import RECIPES
+from tests.conftest import RECIPES, REPO
 
 TINY_LLAMA = yaml.safe_load((RECIPES / "models" / "tiny-llama.yaml").read_text())["model"]["config"]
 
 
 def medtune(*args: str, timeout: int = 600, check: bool = True,
-            env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``medtune ARGS`` in a subprocess; on failure the assertion shows its output."""
+            env_extra: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``medtune ARGS`` in a subprocess (in `cwd`); on failure the assertion shows its output."""
+    env = {**os.environ, **(env_extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "medtune.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env_extra or {})})
+                          text=True, timeout=timeout, env=env, cwd=cwd)
     if check:
         assert proc.returncode == 0, f"medtune {' '.join(args)} exited {proc.returncode}:\n" \
                                      f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"

@@ -23,7 +23,7 @@ import torch
 from medtune import exitcodes
 from medtune.engine.checkpoint import FAIL_SAVE_ENV, HOLD_SAVE_ENV, MARKER, latest
 from medtune.engine.trainer import NAN_ENV
-from tests.conftest import RECIPES
+from tests.conftest import RECIPES, REPO
 from tests.integration.helpers import (assert_same_run, load_weights, medtune, metrics, save_tiny_model,
                                        write_recipe)
 
@@ -117,15 +117,81 @@ def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(recipe, ba
     assert_same_run(run, baseline)
 
 
-def test_failed_checkpoint_write_is_a_clear_error_and_keeps_the_previous(recipe, tmp_path):
+def _one_line(text: str, needle: str) -> str:
+    found = [line for line in text.splitlines() if needle in line]
+    assert len(found) == 1, f"{len(found)} lines with {needle!r}:\n{text[-6000:]}"
+    return found[0]
+
+
+def test_failed_checkpoint_write_on_one_rank_stops_every_rank_with_one_line(recipe, tmp_path):
+    # rank 1 alone fails (RuntimeError, as torch.save on a full disk): rank 0 must not wait for it
     run = tmp_path / "run"
-    out = medtune("train", str(recipe), "--run-dir", str(run), env_extra={FAIL_SAVE_ENV: "8"},
-                  check=False)
-    assert out.returncode != 0
-    assert "No space left on device" in out.stdout + out.stderr
-    assert f"the previous checkpoint {run / 'checkpoints' / 'step-00000004'} is intact" \
-        in out.stdout + out.stderr
+    proc = start(recipe, run, env={FAIL_SAVE_ENV: str(2 * SAVE_EVERY)})
+    try:
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert proc.returncode == exitcodes.IO_ERROR, out[-4000:]
+    line = _one_line(out, "writing checkpoint")
+    assert line.startswith(f"medtune: error: writing checkpoint {run / 'checkpoints' / 'step-00000008'} "
+                           "failed (rank 1: RuntimeError: [enforce fail at inline_container.cc:664] . "
+                           "unexpected pos 1472 vs 1364; ")
+    assert line.endswith(f"); the previous checkpoint {run / 'checkpoints' / 'step-00000004'} is intact")
     assert latest(run).name == "step-00000004"
+    assert (run / "checkpoints" / "latest").read_text() == "step-00000004"
+    assert not (run / "checkpoints" / "step-00000008").exists(), "the partial checkpoint was left"
+
+
+def _used_bytes(path: Path) -> int:
+    """Bytes a tree takes on a file system of 4 KiB pages (what a tmpfs charges)."""
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return sum(-(-f.stat().st_size // 4096) * 4096 for f in files)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root to mount a small tmpfs in a private mount namespace")
+def test_full_disk_during_a_checkpoint_write(recipe, baseline, tmp_path):
+    """Issue 14, fault 8: a real full disk in the middle of the second checkpoint, three times."""
+    ckpt = _used_bytes(baseline / "checkpoints" / f"step-{SAVE_EVERY:08d}")
+    rest = sum(_used_bytes(p) for p in baseline.iterdir()
+               if p.name not in ("checkpoints", "export", "probe.safetensors", "finished.json"))
+    # the run's own files, one checkpoint and DeepSpeed's scripts fit, the second checkpoint does not
+    size_kib = (rest + ckpt + ckpt // 2 + 256 * 1024) // 1024
+    print(f"checkpoint {ckpt / 2**20:.2f} MiB, other files {rest / 2**20:.2f} MiB: tmpfs of {size_kib} KiB")
+    for attempt in range(3):
+        mnt, kept = tmp_path / f"disk{attempt}", tmp_path / f"kept{attempt}"
+        mnt.mkdir()
+        script = (f"mount -t tmpfs -o size={size_kib}k tmpfs {mnt} && "
+                  f"{sys.executable} -m medtune.cli train {recipe} --run-dir {mnt}/run; code=$?; "
+                  f"cp -a {mnt}/run {kept}; exit $code")
+        with open(tmp_path / f"out{attempt}.txt", "w") as log:
+            proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, "PYTHONPATH": str(REPO)})
+            try:
+                # the tmpfs exists only in the new namespace: watch it through the process's root
+                inside = Path(f"/proc/{proc.pid}/root") / str(mnt).lstrip("/") / "run"
+                wait_for_step(inside, 2 * SAVE_EVERY, proc)
+                began = time.time()
+                proc.wait(timeout=300)
+                took = time.time() - began
+            finally:
+                os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+        out = (tmp_path / f"out{attempt}.txt").read_text()
+        print(f"attempt {attempt}: exit {proc.returncode} {took:.1f} s after step {2 * SAVE_EVERY}")
+        assert proc.returncode == exitcodes.IO_ERROR, out[-6000:]
+        assert took < 60, f"{took:.0f} s from the failed save to the exit"
+        line = _one_line(out, "writing checkpoint")
+        assert line.startswith(f"medtune: error: writing checkpoint {mnt}/run/checkpoints/step-00000008 "
+                               "failed (rank ")
+        assert line.endswith(f"); the previous checkpoint {mnt}/run/checkpoints/step-00000004 is intact")
+        assert "Traceback" not in out
+        assert latest(kept).name == "step-00000004"
+        assert (kept / "checkpoints" / "latest").read_text() == "step-00000004"
+    # resumed on a roomy disk, it ends as if nothing had happened
+    resumed = medtune("train", str(recipe), "--run-dir", str(tmp_path / "kept0"))
+    assert f"resuming from {tmp_path / 'kept0' / 'checkpoints' / 'step-00000004'} at step 4" in resumed.stderr
+    assert_same_run(tmp_path / "kept0", baseline)
 
 
 def _resume_copy(baseline: Path, at: int, dest: Path) -> Path:
@@ -175,6 +241,33 @@ def test_changed_recipe_is_refused_naming_the_key(recipe, baseline, tmp_path):
     (line,) = [x for x in out.stderr.splitlines() if "error" in x]
     assert "train.lr: 0.002 -> 0.001" in line and "--allow-changed" in line
     assert not (run / "logs").exists(), "ranks were started for a refused resume"
+
+
+def test_the_same_command_resumes_in_one_run_directory(recipe, baseline, tmp_path):
+    """Issue 14, fault 7: without --run-dir, a crash and then the very same command, twice."""
+    run = tmp_path / "runs" / "resume"  # runs/<recipe name>, the name being the recipe file's stem
+    proc = subprocess.Popen([sys.executable, "-m", "medtune.cli", "train", str(recipe)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    wait_for_step(run, SAVE_EVERY + 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = medtune("train", str(recipe), cwd=tmp_path)
+    assert f"resuming from {run / 'checkpoints' / f'step-{SAVE_EVERY:08d}'} at step {SAVE_EVERY}" in out.stderr
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["resume"]
+    assert [m["step"] for m in metrics(run)] == list(range(1, STEPS + 1))  # max_steps, not 6 + 12
+    assert_same_run(run, baseline)
+    # once finished, the same command says so and trains nothing
+    log = (run / "logs" / "launcher.log").read_bytes()
+    again = medtune("train", str(recipe), cwd=tmp_path)
+    assert f"[medtune] {run} is complete: trained to step {STEPS} (checkpoint step-{STEPS:08d}, export " \
+           f"{run / 'export'}); nothing to do" in again.stderr
+    assert (run / "logs" / "launcher.log").read_bytes() == log, "ranks were started again"
+    # and a changed recipe under the same name is refused, naming the key
+    changed = medtune("train", str(recipe), "train.lr=1e-3", cwd=tmp_path, check=False)
+    assert changed.returncode == exitcodes.USAGE
+    (line,) = [x for x in changed.stderr.splitlines() if "error" in x]
+    assert "train.lr: 0.002 -> 0.001" in line and "--allow-changed" in line
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from medtune import config
-from medtune.engine.checkpoint import (MARKER, ResumeError, TrainerState, check_unchanged,
-                                       elastic_accum, latest, prune, resolve, training_fields)
+from medtune.engine.checkpoint import (MARKER, ResumeError, TrainerState, _recorded, check_unchanged,
+                                       elastic_accum, finished, latest, mark_finished, prune, resolve,
+                                       training_fields)
 from tests.conftest import RECIPES
 
 
@@ -74,3 +75,27 @@ def test_elastic_accumulation_keeps_the_global_batch(packs, world, accum):
 def test_elastic_refuses_uneven_sharing():
     with pytest.raises(ResumeError, match="cannot share evenly"):
         elastic_accum(4, 3, Path("c"))
+
+
+def test_a_run_is_finished_only_at_the_checkpoint_it_finished_with(tmp_path):
+    assert finished(tmp_path) is None  # nothing there
+    last = _ckpt(tmp_path, 6)
+    assert finished(tmp_path) is None  # interrupted: checkpoints but no end
+    mark_finished(tmp_path, last, 6, tmp_path / "export")
+    assert finished(tmp_path) == {"step": 6, "checkpoint": "step-00000006",
+                                  "export": str(tmp_path / "export")}
+    _ckpt(tmp_path, 8)  # trained on since (e.g. a larger max_steps with --allow-changed)
+    assert finished(tmp_path) is None
+
+
+def test_a_failed_save_is_recorded_whatever_it_raises():
+    # a full disk makes torch.save raise RuntimeError, not OSError
+    failed: list[str] = []
+    with _recorded(failed):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] .\n unexpected pos 1472 vs 1364")
+    with _recorded(failed):
+        raise OSError(28, "No space left on device")
+    assert failed == ["RuntimeError: [enforce fail at inline_container.cc:664] . unexpected pos 1472 vs 1364",
+                      "OSError: [Errno 28] No space left on device"]
+    with pytest.raises(KeyboardInterrupt), _recorded(failed):
+        raise KeyboardInterrupt  # not a failure of the save: never swallowed

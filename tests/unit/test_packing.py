@@ -121,7 +121,7 @@ def shared_lengths() -> tuple[int, ...]:
 
     recipe = config.load(RECIPES / "data" / "shared-corpora.yaml",
                          defaults=[RECIPES / "models" / "tiny-llama.yaml"])
-    return tuple(prepare(recipe, log=lambda _: None).dataset["length"])
+    return tuple(prepare(recipe, log=lambda _: None, model_context=False).dataset["length"])
 
 
 @functools.lru_cache(maxsize=None)
