@@ -174,6 +174,19 @@ def _check_zero(args, recipe: config.Recipe, world: int, has_gpu: bool | None) -
         raise config.RecipeError(found)
 
 
+def _check_kernels(args, recipe: config.Recipe) -> None:
+    """A named attention backend that cannot honour the model (window, soft-cap, sinks), before any rank."""
+    if recipe.kernels.attention == "auto":
+        return
+    from medtune.engine.model import hf_config
+    from medtune.kernels.attention import model_features, refusal
+
+    refused = refusal(recipe.kernels.attention, model_features(hf_config(recipe.model)))
+    if refused:
+        overridden = any(o.startswith("kernels.attention=") for o in args.overrides)
+        raise config.RecipeError([f"{config.COMMAND_LINE if overridden else args.recipe}: {refused}"])
+
+
 def _local_gpu(recipe: config.Recipe) -> bool | None:
     """Whether this machine has a GPU, asked only when the recipe needs one (it imports torch)."""
     if not (recipe.zero.quantized_weights or recipe.zero.quantized_gradients):
@@ -234,6 +247,7 @@ def _train(args) -> int:
 
     recipe = _load(args)
     _check_zero(args, recipe, recipe.launch.procs, _local_gpu(recipe))
+    _check_kernels(args, recipe)
     run_dir = _run_dir(args, recipe)
     _ready_to_start(args, recipe, run_dir, world=recipe.launch.procs)
     plan = local_plan(recipe.launch.procs, run_dir / "recipe.yaml", run_dir,
@@ -249,6 +263,7 @@ def _launch(args) -> int:
     hosts = hostfile.parse(args.hostfile)
     hostfile.check_against(hosts, args.hostfile, recipe.launch.nodes, recipe.launch.procs)
     _check_zero(args, recipe, recipe.launch.nodes * recipe.launch.procs, None)
+    _check_kernels(args, recipe)
     if args.launcher == "no_ssh" and args.node_rank is None:
         raise UserError("--launcher no_ssh needs --node-rank (0 on the first host, 1 on the next, ...)")
     run_dir = _run_dir(args, recipe)
