@@ -158,3 +158,25 @@ def test_sinks_are_computed_or_refused():
     for backend in ("flash_attn", "torch_varlen"):
         assert refusal(backend, features).endswith("use kernels.attention=sdpa_varlen (or eager)")
     assert resolve("auto", torch.device("cpu"), torch.float32, 64, features).backend == "sdpa_varlen"
+
+
+@pytest.mark.parametrize("model_type,transform", [("cohere", {"logit_scale": 4.0}),
+                                                  ("granite", {"logits_scaling": 0.25})])
+def test_chunked_loss_applies_the_logit_scale(model_type, transform):
+    """unsloth#11277: a fused head dropped Cohere's logit_scale and Granite's logits_scaling."""
+    from transformers import AutoConfig
+
+    from medtune.families import _TINY
+
+    cfg = AutoConfig.for_model(model_type, **{**_TINY, **transform, "initializer_range": 0.2})
+    batch = collate([(s, s) for s in _samples()], 0)
+    net = _model(cfg, "sdpa_varlen")
+    with torch.no_grad():
+        standard = micro_loss(net, batch, "cpu", Kernels(Choice("sdpa_varlen", "t")))
+        chunked = micro_loss(net, batch, "cpu", Kernels(Choice("sdpa_varlen", "t"), "chunked", 16))
+        plain = AutoConfig.for_model(model_type, **{**_TINY, **{k: 1.0 for k in transform},
+                                                    "initializer_range": 0.2})
+        unscaled = micro_loss(_model(plain, "sdpa_varlen", net.state_dict()), batch, "cpu",
+                              Kernels(Choice("sdpa_varlen", "t")))
+    torch.testing.assert_close(chunked, standard, rtol=1e-5, atol=1e-5)
+    assert abs(unscaled.item() - standard.item()) > 1.0
