@@ -175,16 +175,20 @@ def _check_zero(args, recipe: config.Recipe, world: int, has_gpu: bool | None) -
 
 
 def _check_kernels(args, recipe: config.Recipe) -> None:
-    """A named attention backend that cannot honour the model (window, soft-cap, sinks), before any rank."""
-    if recipe.kernels.attention == "auto":
+    """Kernels that cannot honour the model (window, soft-cap, sinks, a logit transform), before any rank."""
+    k = recipe.kernels
+    if k.attention == "auto" and k.loss == "standard":
         return
     from medtune.engine.model import hf_config
     from medtune.kernels.attention import model_features, refusal
+    from medtune.kernels.loss import chunked_refusal
 
-    refused = refusal(recipe.kernels.attention, model_features(hf_config(recipe.model)))
-    if refused:
-        overridden = any(o.startswith("kernels.attention=") for o in args.overrides)
-        raise config.RecipeError([f"{config.COMMAND_LINE if overridden else args.recipe}: {refused}"])
+    cfg = hf_config(recipe.model)
+    for key, refused in (("attention", k.attention != "auto" and refusal(k.attention, model_features(cfg))),
+                         ("loss", k.loss == "chunked" and chunked_refusal(cfg))):
+        if refused:
+            overridden = any(o.startswith(f"kernels.{key}=") for o in args.overrides)
+            raise config.RecipeError([f"{config.COMMAND_LINE if overridden else args.recipe}: {refused}"])
 
 
 def _local_gpu(recipe: config.Recipe) -> bool | None:

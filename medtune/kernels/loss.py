@@ -260,3 +260,35 @@ def _apply(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          "cast hidden to the lm_head's dtype")
     chunk = chunk_tokens or auto_chunk_tokens(hidden.size(0), weight.size(1), weight.size(0))
     return _ChunkedLinearCE.apply(hidden, weight, targets, chunk, torch.is_grad_enabled(), transform)
+
+
+def chunked_refusal(cfg) -> str | None:
+    """Why the chunked head would not reproduce the logits of `cfg`'s model; None when it does.
+
+    `LogitTransform` knows the transforms of the families transformers ships
+    today; a model whose forward does something else to its logits must not
+    silently train on another loss. The architecture is built shrunk (width
+    16, two layers, `medtune.comm`'s shrinking, weights of scale 1 so a
+    soft-cap bites) on the CPU, and its own logits are compared with
+    ``transform(hidden @ W.T)`` on 8 tokens. Takes a second or two.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from medtune.comm import _shrunk
+
+    small = _shrunk(cfg)
+    small.update(num_hidden_layers=min(2, small.get("num_hidden_layers") or 2), initializer_range=1.0)
+    if isinstance(small.get("layer_types"), list):
+        small["layer_types"] = small["layer_types"][:small["num_hidden_layers"]]
+    tiny_cfg = AutoConfig.for_model(**small)
+    torch.manual_seed(0)
+    net = AutoModelForCausalLM.from_config(tiny_cfg, attn_implementation="eager").eval()
+    ids = torch.arange(8).unsqueeze(0) % tiny_cfg.vocab_size
+    with torch.no_grad():
+        out = net(input_ids=ids, use_cache=False, output_hidden_states=True)
+        mine = LogitTransform.from_config(tiny_cfg)(out.hidden_states[-1] @ net.get_output_embeddings().weight.T)
+    gap = (mine - out.logits).abs().max().item()
+    if gap <= 1e-4 * max(1.0, out.logits.abs().max().item()):
+        return None
+    return (f"kernels.loss = chunked cannot reproduce the logits of model_type {small.get('model_type')}'s "
+            f"forward (they differ by {gap:.3g} on a shrunk copy); use kernels.loss=standard")

@@ -180,3 +180,27 @@ def test_chunked_loss_applies_the_logit_scale(model_type, transform):
                               Kernels(Choice("sdpa_varlen", "t")))
     torch.testing.assert_close(chunked, standard, rtol=1e-5, atol=1e-5)
     assert abs(unscaled.item() - standard.item()) > 1.0
+
+
+def test_a_logit_transform_the_chunked_head_does_not_know_is_refused_before_any_rank(
+        tmp_path, capsys, monkeypatch):
+    """A model whose forward changes its logits in a way `LogitTransform` misses: one line, exit 2."""
+    import yaml
+
+    from medtune import cli
+    from medtune.kernels import loss
+    from tests.conftest import RECIPES
+
+    monkeypatch.setattr(loss.LogitTransform, "from_config", classmethod(lambda cls, cfg: cls()))
+    recipe = tmp_path / "gemma2.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"config": FAMILIES["gemma2"].tiny, "train_tokenizer": {"vocab_size": 1000}},
+        "data": {"sources": [{"path": str(RECIPES / "data" / "demo.jsonl")}], "max_tokens": 512},
+        "kernels": {"loss": "chunked"}}))
+    code = cli.main(["train", str(recipe), "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"medtune: error: {recipe}: kernels.loss = chunked cannot reproduce the logits "
+                             "of model_type gemma2's forward"), err[0]
+    assert err[0].endswith("use kernels.loss=standard")
+    assert not (tmp_path / "run").exists()
