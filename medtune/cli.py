@@ -183,7 +183,10 @@ def _check_kernels(args, recipe: config.Recipe) -> None:
     from medtune.kernels.attention import model_features, refusal
     from medtune.kernels.loss import chunked_refusal
 
-    cfg = hf_config(recipe.model)
+    try:
+        cfg = hf_config(recipe.model)
+    except OSError:  # not reachable from here (a login node without the hub): every rank checks again
+        return
     for key, refused in (("attention", k.attention != "auto" and refusal(k.attention, model_features(cfg))),
                          ("loss", k.loss == "chunked" and chunked_refusal(cfg))):
         if refused:
@@ -299,6 +302,7 @@ def _slurm(args) -> int:
     recipe = config.load(args.recipe, [*args.overrides, f"launch.nodes={args.nodes}",
                                        f"launch.procs={procs}"])
     _check_zero(args, recipe, args.nodes * procs, False if args.gpus_per_node == 0 else None)
+    _check_kernels(args, recipe)
     run_dir = _run_dir(args, recipe)
     job = slurm.SlurmJob(job_name=args.job_name or recipe.name, nodes=args.nodes, procs_per_node=procs,
                          gpus_per_node=args.gpus_per_node, recipe_file=run_dir / "recipe.yaml",
