@@ -221,6 +221,26 @@ def _check_locations(args, recipe: config.Recipe, weights: bool = True) -> None:
         raise config.RecipeError(found)
 
 
+def _check_kernels(args, recipe: config.Recipe) -> None:
+    """Kernels that cannot honour the model (window, soft-cap, sinks, a logit transform), before any rank."""
+    k = recipe.kernels
+    if k.attention == "auto" and k.loss == "standard":
+        return
+    from medtune.engine.model import hf_config
+    from medtune.kernels.attention import model_features, refusal
+    from medtune.kernels.loss import chunked_refusal
+
+    try:
+        cfg = hf_config(recipe.model)
+    except OSError:  # not reachable from here (a login node without the hub): every rank checks again
+        return
+    for key, refused in (("attention", k.attention != "auto" and refusal(k.attention, model_features(cfg))),
+                         ("loss", k.loss == "chunked" and chunked_refusal(cfg))):
+        if refused:
+            overridden = any(o.startswith(f"kernels.{key}=") for o in args.overrides)
+            raise config.RecipeError([f"{config.COMMAND_LINE if overridden else args.recipe}: {refused}"])
+
+
 def _local_gpu(recipe: config.Recipe) -> bool | None:
     """Whether this machine has a GPU, asked only when the recipe needs one (it imports torch)."""
     if not (recipe.zero.quantized_weights or recipe.zero.quantized_gradients):
@@ -288,6 +308,7 @@ def _train(args) -> int:
     recipe = _load(args)
     _check_zero(args, recipe, recipe.launch.procs, _local_gpu(recipe))
     _check_locations(args, recipe)
+    _check_kernels(args, recipe)
     run_dir = _run_dir(args, recipe)
     if not _ready_to_start(args, recipe, run_dir, world=recipe.launch.procs):
         return exitcodes.OK
@@ -305,6 +326,7 @@ def _launch(args) -> int:
     hostfile.check_against(hosts, args.hostfile, recipe.launch.nodes, recipe.launch.procs)
     _check_zero(args, recipe, recipe.launch.nodes * recipe.launch.procs, None)
     _check_locations(args, recipe)
+    _check_kernels(args, recipe)
     if args.launcher == "no_ssh" and args.node_rank is None:
         raise UserError("--launcher no_ssh needs --node-rank (0 on the first host, 1 on the next, ...)")
     run_dir = _run_dir(args, recipe)
@@ -337,6 +359,7 @@ def _slurm(args) -> int:
     recipe = config.load(args.recipe, [*args.overrides, f"launch.nodes={args.nodes}",
                                        f"launch.procs={procs}"])
     _check_zero(args, recipe, args.nodes * procs, False if args.gpus_per_node == 0 else None)
+    _check_kernels(args, recipe)
     run_dir = _run_dir(args, recipe)
     job = slurm.SlurmJob(job_name=args.job_name or recipe.name, nodes=args.nodes, procs_per_node=procs,
                          gpus_per_node=args.gpus_per_node, recipe_file=run_dir / "recipe.yaml",

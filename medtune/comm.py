@@ -613,7 +613,10 @@ def plan(recipe, cfg, links: Links, gpu: str, mfu: float, trace: ModelTrace | No
         per_step[s.name] = [t.logged for t in each]
     tokens = accum * recipe.data.max_tokens
     recompute = 8 / 6 if recipe.model.gradient_checkpointing else 1.0  # the forward runs twice
-    flops = FlopModel.from_config(cfg).linear_per_token * tokens * recompute
+    try:
+        flops = FlopModel.from_model(cfg).linear_per_token * tokens * recompute
+    except ValueError as err:  # what medtune cannot estimate, it says instead of guessing
+        raise UserError(f"medtune plan: {err}") from None
     compute = flops / (PEAK_TFLOPS[GPU_PEAK[gpu]] * 1e12 * mfu)
     secondary = sum(trace.numel) * weight_bytes / h
     return CommPlan(rows, compute, tokens, links, gpu, mfu, secondary, weight_bytes, per_step)

@@ -1,8 +1,9 @@
-"""Model families medtune knows, and the published configs of the models its recipes name.
+"""Tiny configs of the model families medtune tests, and published configs of the models its recipes name.
 
-A plain registry: each family maps to a small spec with a shrunken config
-that every test and CPU smoke run builds from scratch, so each family is
-trained for real without downloading weights. ``PUBLISHED`` holds the
+Each family maps to a small spec with a shrunken config that every test and
+CPU smoke run builds from scratch, so each family is trained for real
+without downloading weights. The list is not a gate: a model of any
+causal-LM class transformers has trains without being listed here. ``PUBLISHED`` holds the
 architecture numbers of the hub models our recipes use, so ``medtune plan``
 works offline (it prefers the real ``config.json`` when it can load one).
 """
@@ -23,11 +24,32 @@ _TINY = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_att
              num_key_value_heads=2, max_position_embeddings=1024, vocab_size=1000,
              tie_word_embeddings=False)
 
+_HEAD16 = dict(head_dim=16)
+_WINDOW = 8
+"""Sliding window of the tiny windowed families: tests pack samples longer than it."""
+
 FAMILIES: dict[str, Family] = {
     "llama": Family("llama", {"model_type": "llama", **_TINY}),
-    "mistral": Family("mistral", {"model_type": "mistral", **_TINY, "sliding_window": None}),
+    "mistral": Family("mistral", {"model_type": "mistral", **_TINY, "sliding_window": _WINDOW}),
     "qwen2": Family("qwen2", {"model_type": "qwen2", **_TINY}),
+    "qwen3": Family("qwen3", {"model_type": "qwen3", **_TINY, **_HEAD16}),
+    "phi3": Family("phi3", {"model_type": "phi3", **_TINY, "pad_token_id": 0, "bos_token_id": 1,
+                            "eos_token_id": 2}),
+    # attention and final-logit soft-capping, sliding window on every other layer
+    "gemma2": Family("gemma2", {"model_type": "gemma2", **_TINY, **_HEAD16, "query_pre_attn_scalar": 16,
+                                "sliding_window": _WINDOW, "attn_logit_softcapping": 50.0,
+                                "final_logit_softcapping": 30.0}),
+    # local (sliding) and global layers, text only
+    "gemma3": Family("gemma3_text", {"model_type": "gemma3_text", **_TINY, **_HEAD16,
+                                     "query_pre_attn_scalar": 16, "sliding_window": _WINDOW,
+                                     "layer_types": ["sliding_attention", "full_attention"]}),
+    # embedding, residual, attention and logit multipliers (logits / logits_scaling)
+    "granite": Family("granite", {"model_type": "granite", **_TINY, "embedding_multiplier": 12.0,
+                                  "residual_multiplier": 0.22, "attention_multiplier": 0.0078125,
+                                  "logits_scaling": 8.0}),
 }
+"""Tiny configs of the families medtune's tests train. Not a closed list: ``model.family``
+is optional and any causal LM transformers has trains (`medtune.config`)."""
 
 # From each model's config.json on the Hugging Face hub.
 PUBLISHED: dict[str, dict] = {

@@ -74,6 +74,45 @@ class FlopModel:
         return cls(linear_per_token=6 * (layers * per_layer + h * vocab),
                    attention_coef=6 * layers * heads * head_dim)
 
+    @classmethod
+    def from_model(cls, cfg: Any) -> "FlopModel":
+        """From a transformers config's module tree: any causal LM transformers has.
+
+        The linear term counts the weights of every ``nn.Linear`` (and GPT-2's
+        ``Conv1D``) of the model built on the meta device, ``lm_head``
+        included, so fused projections (Phi-3's ``qkv_proj``), ungated MLPs
+        and extra projections are counted as they are. The attention term
+        takes layers, heads and head size from the config (a sliding window
+        makes long samples cheaper than this: the count is an upper bound).
+        For the gated-MLP families `from_config` covers it gives the same
+        numbers. Raises `ValueError`, one line, for what it cannot estimate: a
+        mixture of experts (per-token FLOPs depend on the routing) or a config
+        without attention heads.
+        """
+        import torch
+        from transformers import AutoModelForCausalLM
+        from transformers.pytorch_utils import Conv1D
+
+        get = lambda k, d=None: getattr(cfg, k, d)  # noqa: E731
+        experts = [k for k in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+                   if (get(k) or 0) > 1]
+        if experts:
+            raise ValueError(f"model_type {get('model_type')} is a mixture of experts ({experts[0]} "
+                             f"{get(experts[0])}): medtune does not estimate its FLOPs (they depend on "
+                             "the routing); packs are balanced on tokens and no MFU is reported")
+        if not get("num_attention_heads") or not get("num_hidden_layers"):
+            raise ValueError(f"model_type {get('model_type')}: the config has no num_attention_heads or "
+                             "num_hidden_layers, so medtune does not estimate its attention FLOPs")
+        with torch.device("meta"):
+            net = AutoModelForCausalLM.from_config(cfg)
+        weights = 0
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Linear, Conv1D)):
+                weights += m.weight.numel()
+        heads = int(get("num_attention_heads"))
+        head_dim = int(get("head_dim") or get("hidden_size") // heads)
+        return cls(linear_per_token=6 * weights, attention_coef=6 * int(get("num_hidden_layers")) * heads * head_dim)
+
     def sample(self, length: int) -> int:
         """FLOPs of one sample of `length` tokens (exact integer: every rank computes the same)."""
         return self.linear_per_token * length + self.attention_coef * length * length

@@ -78,7 +78,8 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
                                    grad_accum=state.packs_per_step // me.world,
                                    load_universal=universal is not None, hpz=zplan.hpz)
         dtype = torch.bfloat16 if bf16 else torch.float32
-        kernels = _kernels(recipe, torch.device("cuda" if on_gpu else "cpu"), dtype, model.head_dim(hf_cfg))
+        kernels = _kernels(recipe, torch.device("cuda" if on_gpu else "cpu"), dtype, model.head_dim(hf_cfg),
+                           hf_cfg)
         say(f"attention: {kernels.attention.backend} ({kernels.attention.why}); loss head: {kernels.loss}")
         _probe_isolation(hf_cfg, kernels.attention, torch.device("cuda" if on_gpu else "cpu"), dtype, say)
         # the tokens that end a trained answer: the export's (and eval's) stop tokens
@@ -87,9 +88,14 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
         if me.rank == 0:
             _write_run_files(run, ds_cfg, net, tokenizer, stop_ids)
             comm.write_plan(run, zplan)
+        try:
+            flop_model = FlopModel.from_model(hf_cfg)
+        except ValueError as err:  # a model whose FLOPs medtune cannot count: said, not guessed
+            flop_model = None
+            say(f"FLOPs: {err}")
         data = trainer.PackedData.build(prepared.dataset, recipe.data.max_tokens,
                                         tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                        else tokenizer.eos_token_id, FlopModel.from_config(hf_cfg))
+                                        else tokenizer.eos_token_id, flop_model)
         optimizer = torch.optim.AdamW(model.param_groups(net, recipe.train.weight_decay),
                                       lr=recipe.train.lr, betas=recipe.train.adam_betas,
                                       eps=recipe.train.adam_eps, fused=on_gpu or None)
@@ -109,7 +115,7 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
         def save(s):
             return checkpoint.save(engine, run, s, me.rank, recipe.train.keep_last)
 
-        perf = Throughput(me.world, recipe.logging.peak_tflops
+        perf = Throughput(me.world, None if flop_model is None else recipe.logging.peak_tflops
                           or (peak_tflops(torch.cuda.get_device_name()) if on_gpu else None))
         ended = trainer.run(engine, data, recipe, me.rank, me.world, state, log, save,
                             lambda: stop["signum"] != 0, say, kernels, perf)
@@ -143,15 +149,16 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
         dist.destroy_process_group()
 
 
-def _kernels(recipe: config.Recipe, device, dtype, head_dim: int):
-    """The recipe's kernels resolved for this device; a backend that cannot run is a user error."""
+def _kernels(recipe: config.Recipe, device, dtype, head_dim: int, hf_cfg=None):
+    """The recipe's kernels resolved for this device and model; a backend that cannot run is a user error."""
     from medtune.engine.trainer import Kernels
     from medtune.errors import UserError
-    from medtune.kernels.attention import resolve
+    from medtune.kernels.attention import model_features, resolve
 
     k = recipe.kernels
     try:
-        attention = resolve(k.attention, device, dtype, head_dim)
+        attention = resolve(k.attention, device, dtype, head_dim,
+                            model_features(hf_cfg) if hf_cfg is not None else None)
     except ValueError as err:
         raise UserError(str(err)) from None
     return Kernels(attention, k.loss, k.loss_chunk_tokens)

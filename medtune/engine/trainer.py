@@ -17,7 +17,7 @@ from medtune.engine.checkpoint import TrainerState
 from medtune.engine.metrics import MetricsLog, Throughput, model_state_bytes
 from medtune.flops import FlopModel
 from medtune.kernels.attention import Choice, varlen_kwargs
-from medtune.kernels.loss import ce_sum, chunked_ce_sum
+from medtune.kernels.loss import LogitTransform, ce_sum, chunked_ce_sum
 
 
 @dataclass(frozen=True)
@@ -86,18 +86,22 @@ def micro_loss(model, batch: Batch, device, kernels: Kernels) -> torch.Tensor:
     Only the positions that predict a label reach the vocabulary projection
     (``logits_to_keep`` with the collator's positions): prompt tokens, often
     most of an instruction sample, cost no ``[tokens, vocab]`` work. The
-    chunked head goes further and never holds even those logits at once.
+    chunked head goes further and never holds even those logits at once; it
+    applies the model's own logit transform (soft-cap, scale) itself.
     """
     inputs = model_inputs(batch, device, kernels.attention)
-    positions = batch.loss_positions.to(device)
+    # 1-D: a [1, n] tensor is read as per-row positions by transformers 5.24 but indexes
+    # as [1, 1, n, h] in 5.17; a packed batch is one row, so both mean the same
+    positions = batch.loss_positions[0].to(device)
     targets = batch.targets.to(device)
     if kernels.loss == "standard":
         return ce_sum(model(**inputs, logits_to_keep=positions).logits[0], targets)
     # lm_head runs on no position at all; the chunked head reads the final hidden states
-    out = model(**inputs, logits_to_keep=positions[:, :0], output_hidden_states=True)
-    hidden = out.hidden_states[-1][0].index_select(0, positions[0])
-    weight = _unwrap(model).get_output_embeddings().weight
-    return chunked_ce_sum(hidden, weight, targets, kernels.chunk_tokens)
+    out = model(**inputs, logits_to_keep=positions[:0], output_hidden_states=True)
+    hidden = out.hidden_states[-1][0].index_select(0, positions)
+    net = _unwrap(model)
+    weight = net.get_output_embeddings().weight
+    return chunked_ce_sum(hidden, weight, targets, kernels.chunk_tokens, LogitTransform.from_config(net.config))
 
 
 def _unwrap(model):

@@ -13,6 +13,7 @@ Two heads give the same value and gradients:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,39 @@ def ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
+@dataclass(frozen=True)
+class LogitTransform:
+    """What a causal LM's forward does to ``hidden @ W.T`` before its loss.
+
+    ``logits = cap * tanh(scale * z / cap)`` with ``z = hidden @ W.T``;
+    ``scale`` 1 and ``cap`` None leave them alone. Read from the config keys
+    transformers' ``*ForCausalLM.forward`` reads: Cohere's ``logit_scale``
+    (logits * scale), Granite's ``logits_scaling`` (logits / it), Gemma-2/3's
+    ``final_logit_softcapping`` (cap * tanh(logits / cap)).
+    """
+    scale: float = 1.0
+    cap: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "LogitTransform":
+        get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
+        scale = float(get("logit_scale") or 1.0) / float(get("logits_scaling") or 1.0)
+        cap = get("final_logit_softcapping")
+        return cls(scale, float(cap) if cap else None)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """The transform applied to ``logits`` (any shape), as the model's forward does."""
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        if self.cap:
+            logits = torch.tanh(logits / self.cap) * self.cap
+        return logits
+
+    @property
+    def identity(self) -> bool:
+        return self.scale == 1.0 and not self.cap
+
+
 def auto_chunk_tokens(n: int, hidden_size: int, vocab: int) -> int:
     """Tokens per chunk so one chunk's logits are about as large as the hidden states.
 
@@ -65,7 +99,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                chunk: int, grad_enabled: bool) -> torch.Tensor:
+                chunk: int, grad_enabled: bool, transform: LogitTransform) -> torch.Tensor:
         # needs_input_grad says True under torch.no_grad too: the caller's grad mode decides
         want_h, want_w = (grad_enabled and need for need in ctx.needs_input_grad[:2])
         grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if want_h else None
@@ -75,7 +109,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
         for start in range(0, hidden.size(0), chunk):
             end = start + chunk
             loss += _chunk(hidden[start:end], weight, targets[start:end],
-                           None if grad_h is None else grad_h[start:end], grad_w)
+                           None if grad_h is None else grad_h[start:end], grad_w, transform)
         ctx.grads = (grad_h, None if grad_w is None else grad_w.to(weight.dtype))
         return loss
 
@@ -92,19 +126,29 @@ class _ChunkedLinearCE(torch.autograd.Function):
             grad_h = grad_h.mul_(grad_out)
         if grad_w is not None:
             grad_w = grad_w.mul_(grad_out)
-        return grad_h, grad_w, None, None, None
+        return grad_h, grad_w, None, None, None, None
 
 
 def _chunk(h_c: torch.Tensor, weight: torch.Tensor, t_c: torch.Tensor, grad_h_c: torch.Tensor | None,
-           grad_w: torch.Tensor | None) -> torch.Tensor:
+           grad_w: torch.Tensor | None, transform: LogitTransform = LogitTransform()) -> torch.Tensor:
     """Loss of one chunk; writes its hidden gradient into `grad_h_c`, adds its weight gradient to `grad_w`.
 
     A function of its own so the ``[c, V]`` buffer is freed on return, before
     the next chunk allocates its own (a loop variable would keep two alive).
+    With a soft-cap ``y = cap * tanh(s * z / cap)``, ``dy/dz = s * (1 - (y / cap)^2)``:
+    a second ``[c, V]`` buffer holds that derivative until the gradient is formed.
     """
     t_c = t_c[:, None]
     # one [c, V] fp32 buffer, transformed in place: logits -> shifted -> exp -> softmax - onehot
     z = (h_c @ weight.T).float()
+    slope = None
+    if transform.scale != 1.0:
+        z.mul_(transform.scale)
+    if transform.cap:
+        z.div_(transform.cap).tanh_()
+        if grad_h_c is not None or grad_w is not None:
+            slope = 1.0 - z.square()
+        z.mul_(transform.cap)
     z.sub_(z.amax(dim=1, keepdim=True))
     z_target = z.gather(1, t_c)
     total = z.exp_().sum(dim=1, keepdim=True)
@@ -112,6 +156,11 @@ def _chunk(h_c: torch.Tensor, weight: torch.Tensor, t_c: torch.Tensor, grad_h_c:
     if grad_h_c is None and grad_w is None:
         return loss
     z.div_(total).scatter_add_(1, t_c, torch.full_like(z_target, -1.0))
+    if slope is not None:
+        z.mul_(slope)
+        del slope
+    if transform.scale != 1.0:
+        z.mul_(transform.scale)
     g = z if weight.dtype == torch.float32 else z.to(weight.dtype)
     if grad_h_c is not None:
         torch.mm(g, weight, out=grad_h_c)
@@ -124,8 +173,12 @@ def _chunk(h_c: torch.Tensor, weight: torch.Tensor, t_c: torch.Tensor, grad_h_c:
 
 
 def chunked_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                   chunk_tokens: int = 0) -> torch.Tensor:
-    """``ce_sum(hidden @ weight.T, targets)`` without ever holding the ``[n, V]`` logits.
+                   chunk_tokens: int = 0, transform: LogitTransform = LogitTransform()) -> torch.Tensor:
+    """``ce_sum(transform(hidden @ weight.T), targets)`` without ever holding the ``[n, V]`` logits.
+
+    `transform` is what the model's forward does to its logits
+    (`LogitTransform.from_config`: soft-capping, scaling); without it a
+    Gemma-2 loss would be that of uncapped logits.
 
     ``hidden`` is ``[n, h]`` (response positions only), ``weight`` the
     lm_head's ``[V, h]`` Parameter itself, ``targets`` ``[n]``. Under ZeRO-3
@@ -157,14 +210,14 @@ def chunked_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
             # Gathered around apply, not inside forward: autograd records the weight's
             # gradient edge, and the shape it accepts, when apply is called.
             with GatheredParameters([weight], modifier_rank=None):
-                loss = _apply(hidden, weight, targets, chunk_tokens)
+                loss = _apply(hidden, weight, targets, chunk_tokens, transform)
             if loss.grad_fn is not None and loss.grad_fn.next_functions[1][0] is not None:
                 _gathered_while_accumulating(loss.grad_fn.next_functions[1][0], weight)
             return loss
         # AVAILABLE: DeepSpeed gathered it. Read inside the engine's forward, the weight
         # became an external parameter of the running module, which DeepSpeed gathers
         # again in that module's backward, so its gradient accumulates as usual.
-    return _apply(hidden, weight, targets, chunk_tokens)
+    return _apply(hidden, weight, targets, chunk_tokens, transform)
 
 
 def _gathered_while_accumulating(accumulate: torch.autograd.graph.Node, weight: torch.nn.Parameter) -> None:
@@ -197,7 +250,7 @@ def _gathered_while_accumulating(accumulate: torch.autograd.graph.Node, weight: 
 
 
 def _apply(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-           chunk_tokens: int) -> torch.Tensor:
+           chunk_tokens: int, transform: LogitTransform = LogitTransform()) -> torch.Tensor:
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.size(1) != weight.size(1) \
             or targets.shape != hidden.shape[:1]:
         raise ValueError(f"chunked_ce_sum wants hidden [n, h], weight [V, h], targets [n]; got "
@@ -206,4 +259,36 @@ def _apply(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
         raise ValueError(f"chunked_ce_sum: hidden is {hidden.dtype} but weight is {weight.dtype}; "
                          "cast hidden to the lm_head's dtype")
     chunk = chunk_tokens or auto_chunk_tokens(hidden.size(0), weight.size(1), weight.size(0))
-    return _ChunkedLinearCE.apply(hidden, weight, targets, chunk, torch.is_grad_enabled())
+    return _ChunkedLinearCE.apply(hidden, weight, targets, chunk, torch.is_grad_enabled(), transform)
+
+
+def chunked_refusal(cfg) -> str | None:
+    """Why the chunked head would not reproduce the logits of `cfg`'s model; None when it does.
+
+    `LogitTransform` knows the transforms of the families transformers ships
+    today; a model whose forward does something else to its logits must not
+    silently train on another loss. The architecture is built shrunk (width
+    16, two layers, `medtune.comm`'s shrinking, weights of scale 1 so a
+    soft-cap bites) on the CPU, and its own logits are compared with
+    ``transform(hidden @ W.T)`` on 8 tokens. Takes a second or two.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from medtune.comm import _shrunk
+
+    small = _shrunk(cfg)
+    small.update(num_hidden_layers=min(2, small.get("num_hidden_layers") or 2), initializer_range=1.0)
+    if isinstance(small.get("layer_types"), list):
+        small["layer_types"] = small["layer_types"][:small["num_hidden_layers"]]
+    tiny_cfg = AutoConfig.for_model(**small)
+    torch.manual_seed(0)
+    net = AutoModelForCausalLM.from_config(tiny_cfg, attn_implementation="eager").eval()
+    ids = torch.arange(8).unsqueeze(0) % tiny_cfg.vocab_size
+    with torch.no_grad():
+        out = net(input_ids=ids, use_cache=False, output_hidden_states=True)
+        mine = LogitTransform.from_config(tiny_cfg)(out.hidden_states[-1] @ net.get_output_embeddings().weight.T)
+    gap = (mine - out.logits).abs().max().item()
+    if gap <= 1e-4 * max(1.0, out.logits.abs().max().item()):
+        return None
+    return (f"kernels.loss = chunked cannot reproduce the logits of model_type {small.get('model_type')}'s "
+            f"forward (they differ by {gap:.3g} on a shrunk copy); use kernels.loss=standard")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
 from pathlib import Path
 
@@ -75,6 +76,25 @@ def test_each_family_trains_two_steps_under_two_rank_zero3(family, model_recipe,
     for name in ("config.json", "generation_config.json"):
         saved = json.loads((run / "export" / name).read_text())
         assert (saved["bos_token_id"], saved["eos_token_id"], saved.get("pad_token_id")) == (1, 2, None), name
+
+
+@pytest.mark.parametrize("family,loss", [("gemma2", "chunked"), ("granite", "standard")])
+def test_a_family_with_no_recipe_trains_under_default_kernels(family, loss, tmp_path):
+    """Issue 19: Gemma-2 (soft-caps, sliding window 8 on alternate layers) died inside the ranks with
+    transformers' traceback under the default kernels, and ``family: gemma2`` was refused."""
+    recipe = write_recipe(tmp_path / f"{family}.yaml", {
+        "base": [str(RECIPES / "data/demo.yaml")],
+        "model": {"config": FAMILIES[family].tiny, "family": FAMILIES[family].model_type,
+                  "train_tokenizer": {"vocab_size": 1000}, "dtype": "fp32"},
+        "data": {"max_tokens": 512},
+        "kernels": {"loss": loss},
+        "train": {"max_steps": 2, "grad_accum": 1, "lr": 1e-3},
+        "launch": {"procs": 2}, "logging": {"progress": False},
+    })
+    run = tmp_path / "run"
+    medtune("train", str(recipe), "--run-dir", str(run))
+    losses = [m["train/loss"] for m in metrics(run)]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
 
 
 def _deepspeed_cold_gib(params: int, largest: int, gpus: int, nodes: int) -> float:

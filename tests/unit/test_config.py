@@ -7,9 +7,11 @@ import pytest
 import yaml
 
 from medtune import cli, config
+from medtune.families import FAMILIES
 from tests.conftest import RECIPES
 
 DEMO_DATA = str(RECIPES / "data" / "demo.jsonl")
+GEMMA2 = FAMILIES["gemma2"].tiny
 GOOD = {
     "model": {"config": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
                          "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 1000},
@@ -109,6 +111,12 @@ BAD = [
      "model.name_or_path: /nonexistent: no such directory"),
     ("model path with two slashes", _with(model={"config": None, "name_or_path": "runs/old/export"}), [],
      "model.name_or_path: runs/old/export: no such directory"),
+    ("family disagrees with the config", _with(model={"family": "qwen2"}), [],
+     "model.config: model_type 'llama' is not of family qwen2"),
+    ("attention that would drop soft-capping", _with(model={"config": {**GEMMA2, "vocab_size": 1000}},
+                                                     kernels={"attention": "sdpa"}), [],
+     "kernels.attention = sdpa cannot honour the model's attention soft-capping (attn_logit_softcapping 50.0);"
+     " use kernels.attention=flash_attn (or sdpa_varlen, eager, flex_attention)"),
 ]
 
 
@@ -124,6 +132,16 @@ def test_bad_recipe_fails_before_any_rank_with_one_line(tmp_path, capsys, case, 
     where = "command line" if case.startswith("bad override") else str(path)
     assert where in err[0], err[0]
     assert not (tmp_path / "run").exists(), "a run directory was created for a bad recipe"
+
+
+@pytest.mark.parametrize("family", ["gemma2", "granite", None])
+def test_model_family_is_optional_and_open(tmp_path, family):
+    """Issue 19: ``family: gemma2`` was refused ("known: llama, mistral, qwen2")."""
+    model = {"config": {**FAMILIES[family or "gemma2"].tiny}}
+    if family:
+        model["family"] = family
+    recipe = config.load(_write(tmp_path, "r.yaml", _with(model=model)))
+    assert recipe.model.family == family
 
 
 def test_max_tokens_smaller_than_a_prompt_fails_before_any_rank(tmp_path, capsys):

@@ -63,3 +63,23 @@ def test_mfu():
     assert mfu(989e12 * 8 * 10, 20.0, 8, 989.0) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="seconds > 0"):
         mfu(1e12, 0.0, 8, 989.0)
+
+
+def test_flops_from_the_module_tree_agree_with_the_formula_and_count_what_it_cannot():
+    """Gated-MLP families: the same numbers; an ungated MLP (StarCoder2) counted as built; MoE refused."""
+    from transformers import AutoConfig
+
+    for family in FAMILIES:
+        cfg = dict(FAMILIES[family].tiny)
+        hf = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        assert FlopModel.from_model(hf) == FlopModel.from_config(hf), family
+    cfg = dict(PUBLISHED["meta-llama/Llama-2-7b-hf"])
+    llama = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    assert FlopModel.from_model(llama).linear_per_token == 6 * 6_607_077_376
+    small = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1000)
+    star = AutoConfig.for_model("starcoder2", **small)  # c_fc and c_proj: 2*h*i, not 3*h*i
+    per_layer = 64 * 64 * 2 + 2 * 64 * 32 + 2 * 64 * 176
+    assert FlopModel.from_model(star).linear_per_token == 6 * (2 * per_layer + 64 * 1000)
+    with pytest.raises(ValueError, match=r"^model_type mixtral is a mixture of experts .*no MFU is reported$"):
+        FlopModel.from_model(AutoConfig.for_model("mixtral", **small))

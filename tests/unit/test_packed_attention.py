@@ -91,12 +91,21 @@ def test_varlen_backend_without_bounds_fails_clearly():
         net(input_ids=torch.tensor([[5, 6, 7]]))
 
 
-def test_sdpa_varlen_refuses_a_sample_longer_than_the_sliding_window():
+def test_sdpa_varlen_honours_a_sliding_window_shorter_than_a_sample():
+    """Mistral with window 8: a 17-token sample alone through eager equals it packed through sdpa_varlen."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = {**TINY_LLAMA, "model_type": "mistral", "sliding_window": 8}
-    net = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg),
-                                           attn_implementation=Choice("sdpa_varlen", "t").implementation)
-    batch = collate([(list(range(3, 20)), list(range(3, 20)))], pad_id=0)
-    with pytest.raises(ValueError, match="longer than the model's sliding window"):
-        forward(net, batch, "cpu", Choice("sdpa_varlen", "t"))
+    def build(impl, window=8):
+        cfg = {**TINY_LLAMA, "model_type": "mistral", "sliding_window": window}
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg),
+                                                attn_implementation=impl)
+    net, eager = build(Choice("sdpa_varlen", "t").implementation), build("eager")
+    samples = _samples()
+    with torch.no_grad():
+        packed = forward(net, collate([(s, s) for s in samples], pad_id=0), "cpu", Choice("sdpa_varlen", "t"))[0]
+        alone = forward(eager, collate([(samples[2], samples[2])], pad_id=0), "cpu", Choice("eager", "t"))[0]
+        unwindowed = forward(build("eager", window=None),
+                             collate([(samples[2], samples[2])], pad_id=0), "cpu", Choice("eager", "t"))[0]
+    torch.testing.assert_close(packed[18:58], alone, rtol=1e-5, atol=1e-5)
+    assert (alone - unwindowed).abs().max() > 1e-3  # the window changes this 40-token sample
