@@ -87,15 +87,20 @@ def micro_loss(model, batch: Batch, device, kernels: Kernels) -> torch.Tensor:
     (``logits_to_keep`` with the collator's positions): prompt tokens, often
     most of an instruction sample, cost no ``[tokens, vocab]`` work. The
     chunked head goes further and never holds even those logits at once.
+
+    The positions go to ``logits_to_keep`` as one 1-D tensor: transformers
+    reads a 1-D tensor as "these positions of every row" in every 5.x release,
+    a 2-D one only in later ones (5.24 does; 5.17, on the lent H200's image,
+    indexes with it and returns logits of shape ``[1, 1, n, vocab]``).
     """
     inputs = model_inputs(batch, device, kernels.attention)
-    positions = batch.loss_positions.to(device)
+    positions = batch.loss_positions[0].to(device)
     targets = batch.targets.to(device)
     if kernels.loss == "standard":
         return ce_sum(model(**inputs, logits_to_keep=positions).logits[0], targets)
     # lm_head runs on no position at all; the chunked head reads the final hidden states
-    out = model(**inputs, logits_to_keep=positions[:, :0], output_hidden_states=True)
-    hidden = out.hidden_states[-1][0].index_select(0, positions[0])
+    out = model(**inputs, logits_to_keep=positions[:0], output_hidden_states=True)
+    hidden = out.hidden_states[-1][0].index_select(0, positions)
     weight = _unwrap(model).get_output_embeddings().weight
     return chunked_ce_sum(hidden, weight, targets, kernels.chunk_tokens)
 
