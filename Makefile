@@ -13,7 +13,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test flash clean
+.PHONY: demo test flash clean gpu-check gpu-check-rehearsal
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# The one-call GPU check (README: GPU check). On the lent GPU machine it runs that machine's own
+# python3 plus the wheels of tools/build_gpu_wheels.sh in .whl/, never this venv.
+OUT ?= gpu-check-out
+gpu-check:
+	bash tools/gpu_check.sh $(OUT)
+
+gpu-check-rehearsal: $(STAMP)
+	PYTHON=$(abspath $(BIN))/python bash tools/gpu_check.sh $(OUT) --cpu-rehearsal
 
 flash: $(STAMP)
 	$(BIN)/pip install -e '.[flash]' --no-build-isolation
