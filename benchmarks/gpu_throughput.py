@@ -34,6 +34,7 @@ AdamW states where the plain step keeps all in bf16). ``--no-engine`` leaves it 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -161,10 +162,10 @@ def run_engine(cfg: dict, backend: str, batches, warmup: int, steps: int, device
     ds_cfg = zero.build_config(recipe, 1, cfg["hidden_size"], dtype == torch.bfloat16, grad_accum=1)
     net = mt_model.build(model_cfg, ds_cfg, dtype, Choice(backend, "b").implementation)
     opt = torch.optim.AdamW(mt_model.param_groups(net, 0.0), lr=1e-5, fused=device.type == "cuda" or None)
-    engine, *_ = deepspeed.initialize(model=net, optimizer=opt, config=ds_cfg)
     kernels = Kernels(Choice(backend, "bench"))
-    used = []
+    used, engine = [], None
     try:
+        engine, *_ = deepspeed.initialize(model=net, optimizer=opt, config=ds_cfg)
         for i in range(warmup + steps):
             b = batches[i % len(batches)]
             if i == warmup:
@@ -177,7 +178,8 @@ def run_engine(cfg: dict, backend: str, batches, warmup: int, steps: int, device
         _sync(device)
         return time.perf_counter() - began, used
     finally:
-        engine.destroy()
+        if engine is not None:
+            engine.destroy()
         del engine, net, opt
         import deepspeed.comm as dist
 
@@ -260,25 +262,37 @@ def main(argv: list[str] | None = None) -> int:
                 sum(flops.pack([int(x) for x in torch.diff(b.cu_seqlens).tolist()]) for b in used))
 
     for label, backend, batches, step_fn in variants:
-        if step_fn is None:
-            seconds, used = run_engine(cfg, backend, batches, args.warmup, args.steps, device, dtype)
-        else:
-            net = model(cfg, backend, device, dtype)
-            seconds, used = run(net, batches, step_fn, args.warmup, args.steps, device)
-            del net
+        try:
+            if step_fn is None:
+                seconds, used = run_engine(cfg, backend, batches, args.warmup, args.steps, device, dtype)
+            else:
+                net = model(cfg, backend, device, dtype)
+                seconds, used = run(net, batches, step_fn, args.warmup, args.steps, device)
+        except Exception as err:  # noqa: BLE001 (one variant failing, out of memory say, is its row)
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+            print(f"{label:<44}  failed: {type(err).__name__}: {first}", flush=True)
+            results.append({"variant": label, "backend": backend, "engine": step_fn is None,
+                            "packed": batches is rows, "error": f"{type(err).__name__}: {err}"[:1000]})
+            continue
+        finally:
+            net = None
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         tokens, work = measure(used, seconds)
         speed, tflops = tokens / seconds, work / seconds / 1e12
-        base = base or speed
+        if batches is padded:
+            base = speed
         mfu = f"{tflops / peak:6.1%}" if peak else "     -"
-        print(f"{label:<44}{speed:>11,.0f}{tflops:>9.1f} {mfu}{speed / base:>10.2f}x", flush=True)
+        ratio_text = f"{speed / base:>10.2f}x" if base else "         -"
+        print(f"{label:<44}{speed:>11,.0f}{tflops:>9.1f} {mfu}{ratio_text}", flush=True)
         results.append({"variant": label, "backend": backend, "engine": step_fn is None,
                         "packed": batches is rows, "tokens": tokens, "seconds": seconds,
                         "tokens_per_s": speed, "tflops": tflops, "mfu": tflops / peak if peak else None,
-                        "vs_padded": speed / base})
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    plain = next((r for r in results if r["backend"] == fastest and r["packed"] and not r["engine"]), None)
-    engine = next((r for r in results if r["engine"]), None)
+                        "vs_padded": speed / base if base else None})
+    plain = next((r for r in results if r["backend"] == fastest and r["packed"] and not r["engine"]
+                  and "error" not in r), None)
+    engine = next((r for r in results if r["engine"] and "error" not in r), None)
     ratio = engine["tokens_per_s"] / plain["tokens_per_s"] if engine and plain else None
     if device.type == "cpu":
         print("\n(on a CPU this rehearses the benchmark: tiny steps timed on shared cores are no measurement)")
@@ -292,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
             "model": cfg, "weights": n_params, "tokens_per_row": args.tokens, "samples_per_row": per_row,
             "warmup": args.warmup, "steps": args.steps, "skipped": skipped, "variants": results,
             "engine_vs_plain": ratio, "engine_backend": fastest}, indent=2) + "\n")
-    return 0
+    failed = [r["variant"] for r in results if "error" in r]
+    if failed:
+        print(f"\nfailed: {'; '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -214,10 +214,21 @@ def pytest_gpu(check: Check, budget: float) -> None:
     summary = ", ".join(f"{v} {k}" for k, v in counts.items()) or f"exit {rc}"
     if rc == 124:
         summary += f"; stopped at its budget of {budget:.0f} s"
-    if check.rehearsal and counts.get("skipped") and not counts.get("passed"):
-        summary += " (no CUDA GPU here: every GPU test skips itself)"
-    check.record("tests/gpu", "passed" if rc == 0 else "failed", seconds, summary, "pytest.txt",
+    ok = rc == 0
+    if counts.get("skipped") and not counts.get("passed"):
+        if check.rehearsal:
+            summary += " (no CUDA GPU here: every GPU test skips itself)"
+        else:
+            summary += " (every test skipped: torch sees no CUDA GPU)"
+            ok = False
+    check.record("tests/gpu", "passed" if ok else "failed", seconds, summary, "pytest.txt",
                  counts=counts, exit_code=rc)
+
+
+def _last_lines(log: Path, n: int = 1, pattern: str = "") -> str:
+    """The last `n` non-empty lines of `log` (those holding `pattern`, if given), joined by ' / '."""
+    lines = [x.strip() for x in log.read_text(errors="replace").splitlines() if x.strip() and pattern in x]
+    return " / ".join(lines[-n:])[:300]
 
 
 def train(check: Check, budget: float) -> None:
@@ -239,9 +250,12 @@ def train(check: Check, budget: float) -> None:
         if "reload_rel_diff" in data:
             text += f"; export reloaded, logits rel. diff {data['reload_rel_diff']:.1e}"
         if "error" in data:
-            text += f"; {data['error'].splitlines()[0][:200]}"
+            first = data["error"].splitlines()[0][:200]
+            said = [x for x in data["error"].splitlines() if "error" in x.lower() and x != data["error"].splitlines()[0]]
+            text += f"; {first}" + (f" {said[-1].strip()[:200]}" if said else "")
     else:
-        text = f"exit {rc}" + (f"; stopped at its budget of {budget:.0f} s" if rc == 124 else "")
+        text = (f"exit {rc}" + (f"; stopped at its budget of {budget:.0f} s" if rc == 124 else "")
+                + f": {_last_lines(log, 2)}")
     check.record("train", "passed" if rc == 0 and data.get("passed") else "failed", seconds, text,
                  "train.txt", details=data)
 
@@ -256,13 +270,17 @@ def bench(check: Check, budget: float) -> None:
     if data:
         parts = []
         for v in data["variants"]:
+            if "error" in v:
+                parts.append(f"{v['variant']}: FAILED {v['error'].splitlines()[0][:160]}")
+                continue
             mfu = f", MFU {v['mfu']:.1%}" if v.get("mfu") is not None else ""
             parts.append(f"{v['variant']}: {v['tokens_per_s']:,.0f} tok/s, {v['tflops']:.1f} TFLOP/s{mfu}")
         if data.get("engine_vs_plain") is not None:
             parts.append(f"engine/plain {data['engine_vs_plain']:.3f}")
         text = "; ".join(parts)
     else:
-        text = f"exit {rc}" + (f"; stopped at its budget of {budget:.0f} s" if rc == 124 else "")
+        text = (f"exit {rc}" + (f"; stopped at its budget of {budget:.0f} s" if rc == 124 else "")
+                + f": {_last_lines(log, 2)}")
     check.record("bench", "passed" if rc == 0 and data else "failed", seconds, text, "bench.txt",
                  details=data)
 
@@ -287,9 +305,12 @@ def summary(check: Check, mode: str) -> str:
     if bench_rows:
         lines += ["", "| variant | tokens/s | TFLOP/s | MFU | vs padded |", "| --- | ---: | ---: | ---: | ---: |"]
         for v in bench_rows:
+            if "error" in v:
+                lines.append(f"| {v['variant']} | failed | | | {v['error'].splitlines()[0][:100]} |")
+                continue
             mfu = f"{v['mfu']:.1%}" if v.get("mfu") is not None else "-"
-            lines.append(f"| {v['variant']} | {v['tokens_per_s']:,.0f} | {v['tflops']:.1f} | {mfu} | "
-                         f"{v['vs_padded']:.2f}x |")
+            vs = f"{v['vs_padded']:.2f}x" if v.get("vs_padded") is not None else "-"
+            lines.append(f"| {v['variant']} | {v['tokens_per_s']:,.0f} | {v['tflops']:.1f} | {mfu} | {vs} |")
     text = "\n".join(lines) + "\n"
     (check.out / "summary.md").write_text(text)
     return text

@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         record["passed"] = False
         record["error"] = f"{type(err).__name__}: {err}"
         say(f"FAILED: {record['error']}")
+        for log in sorted(work.glob("*.log")):  # the work folder does not come back from a lent machine
+            print(f"\n----- last lines of {log.name} -----\n" + "\n".join(log.read_text().splitlines()[-40:]))
     finally:
         for proc in started:
             if proc.poll() is None:
