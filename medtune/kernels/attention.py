@@ -31,7 +31,9 @@ backend that runs here (`resolve`).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -148,9 +150,42 @@ def _torch_varlen_attn(module, query, key, value, attention_mask, dropout: float
     _check_packed(cu_seq_lens_q is not None, attention_mask)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     window = (sliding_window - 1, 0) if sliding_window else (-1, 0)  # (-1, 0): causal
-    out = _torch_varlen()(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q,
-                          scale=scaling, window_size=window, enable_gqa=q.shape[1] != k.shape[1])
+    out = _call_varlen(_torch_varlen(), q, k, v, cu_seq_lens_q, max_length_q, scaling, window)
     return out.unsqueeze(0), None
+
+
+def _call_varlen(fn, q, k, v, cu_seqlens, max_seqlen: int, scale, window: tuple[int, int]):
+    """``varlen_attn`` called with only the keywords this torch's version takes.
+
+    q ``[L, H, D]``, k and v ``[L, H_kv, D]``; returns ``[L, H, D]``. The
+    function grew across releases: ``is_causal`` (2.9) became ``window_size``
+    (``(-1, 0)`` is causal), ``enable_gqa`` came later still (torch 2.13 has
+    both; the lent H200's torch 2.11 may not). Without ``enable_gqa`` the KV
+    heads are repeated to the query heads; without ``window_size`` a sliding
+    window raises `ValueError`.
+    """
+    params = _parameters(fn)
+    kwargs = {"scale": scale} if "scale" in params else {}
+    if scale is not None and "scale" not in params and scale != q.shape[-1] ** -0.5:
+        raise ValueError(f"torch {torch.__version__}: varlen_attn takes no scale; use sdpa_varlen")
+    if "window_size" in params:
+        kwargs["window_size"] = window
+    elif window != (-1, 0):
+        raise ValueError(f"torch {torch.__version__}: varlen_attn has no sliding window; use flash_attn")
+    else:
+        kwargs["is_causal"] = True
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return fn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **kwargs)
+
+
+@functools.lru_cache(maxsize=4)
+def _parameters(fn) -> tuple[str, ...]:
+    return tuple(inspect.signature(fn).parameters)
 
 
 def _check_packed(has_bounds: bool, attention_mask) -> None:
