@@ -2,6 +2,7 @@
 # Wheels the lent GPU machine lacks, for its Python 3.12 on x86-64 Linux, into .whl/ (git-ignored).
 #
 #   bash tools/build_gpu_wheels.sh            # then: make gpu-check OUT=DIR (or tools/gpu_check.sh DIR)
+#   EXTRA="pyarrow" bash tools/build_gpu_wheels.sh   # also carry these (binary wheels, this env's versions)
 #
 # The GPU machine (an H200, no network) has torch 2.11, transformers 5.17, accelerate, numpy,
 # pyarrow, pandas, fsspec, xxhash, scikit-learn, sentencepiece, tensorboard, safetensors, pytest...
@@ -11,6 +12,8 @@
 # requirement of every carried wheel is either carried or on that machine, one version each.
 # DeepSpeed publishes an sdist only: it is built here as a pure-Python wheel (DS_BUILD_OPS=0), its
 # CUDA ops are compiled just in time where a run needs one (ZeRO-3 with a torch optimizer needs none).
+# datasets 5.2 asks for pyarrow>=24; the machine's pyarrow version is unknown until the check's install
+# step prints it (versions.txt): if it is older, EXTRA=pyarrow carries this one (~45 MiB more).
 # Needs pip access to PyPI (or its mirror) on this machine; the result is well under 64 MiB.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +24,7 @@ DEST="${WHEELS:-.whl}"
 # the versions this environment runs
 version() { "$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
 BINARY=(datasets dill multiprocess hjson pydantic pydantic-core annotated-types typing-inspection
-        typing-extensions fsspec)
+        typing-extensions fsspec ${EXTRA:-})
 SOURCE=(deepspeed seqeval)  # sdists on PyPI: built here into py3-none-any wheels
 pins=()
 for name in "${BINARY[@]}"; do pins+=("$name==$(version "$name")"); done
