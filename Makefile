@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 # The versions the suite was proven with (see constraints.txt; `make lock` rewrites it).
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test flash clean lock
+.PHONY: demo test flash clean lock gpu-check gpu-check-rehearsal
 
 $(STAMP): setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# The one-call GPU check (README: GPU check). On the lent GPU machine it runs that machine's own
+# python3 plus the wheels of tools/build_gpu_wheels.sh in .whl/, never this venv.
+OUT ?= gpu-check-out
+gpu-check:
+	bash tools/gpu_check.sh $(OUT)
+
+gpu-check-rehearsal: $(STAMP)
+	PYTHON=$(abspath $(BIN))/python bash tools/gpu_check.sh $(OUT) --cpu-rehearsal
 
 flash: $(STAMP)
 	$(BIN)/pip install -e '.[flash]' --no-build-isolation

@@ -39,6 +39,7 @@ backend that runs here (`resolve`).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 from dataclasses import dataclass
@@ -281,24 +282,43 @@ def _torch_varlen_attn(module, query, key, value, attention_mask, dropout: float
     _check_call("torch_varlen", kwargs, softcap=softcap,
                 sliding_window=None if _torch_varlen_has("window_size") else sliding_window)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
-    extra = {}
-    if _torch_varlen_has("window_size"):   # torch >= 2.11; 2.10 had is_causal instead
-        extra["window_size"] = (sliding_window - 1, 0) if sliding_window else (-1, 0)  # (-1, 0): causal
-    else:
-        extra["is_causal"] = True
-    if q.shape[1] != k.shape[1]:
-        if _torch_varlen_has("enable_gqa"):
-            extra["enable_gqa"] = True
-        else:
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    if scaling is not None:
-        if _torch_varlen_has("scale"):
-            extra["scale"] = scaling
-        else:
-            q = q * (scaling * q.shape[-1] ** 0.5)  # the kernel's default scale is 1/sqrt(D)
-    out = _torch_varlen()(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, **extra)
+    window = (sliding_window - 1, 0) if sliding_window else (-1, 0)  # (-1, 0): causal
+    out = _call_varlen(_torch_varlen(), q, k, v, cu_seq_lens_q, max_length_q, scaling, window)
     return out.unsqueeze(0), None
+
+
+def _call_varlen(fn, q, k, v, cu_seqlens, max_seqlen: int, scale, window: tuple[int, int]):
+    """``varlen_attn`` called with only the keywords this torch's version takes.
+
+    q ``[L, H, D]``, k and v ``[L, H_kv, D]``; returns ``[L, H, D]``. The
+    function grew across releases: ``is_causal`` (2.9) became ``window_size``
+    (``(-1, 0)`` is causal), ``enable_gqa`` came later still (torch 2.13 has
+    both; the lent H200's torch 2.11 may not). Without ``enable_gqa`` the KV
+    heads are repeated to the query heads; without ``window_size`` a sliding
+    window raises `ValueError`.
+    """
+    params = _parameters(fn)
+    kwargs = {"scale": scale} if "scale" in params else {}
+    if scale is not None and "scale" not in params:
+        q = q * (scale * q.shape[-1] ** 0.5)  # the kernel's own scale is 1/sqrt(D)
+    if "window_size" in params:
+        kwargs["window_size"] = window
+    elif window != (-1, 0):
+        raise ValueError(f"torch {torch.__version__}: varlen_attn has no sliding window; use flash_attn")
+    else:
+        kwargs["is_causal"] = True
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return fn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **kwargs)
+
+
+@functools.lru_cache(maxsize=4)
+def _parameters(fn) -> tuple[str, ...]:
+    return tuple(inspect.signature(fn).parameters)
 
 
 def _check_packed(has_bounds: bool, attention_mask) -> None:
