@@ -247,7 +247,11 @@ def _build(recipe: Recipe, recipe_file: str, final: Path, fp: str, limit: Sample
     tmp = Path(tempfile.mkdtemp(prefix=f".{fp}-", dir=final.parent))
     try:
         datasets.disable_progress_bars()  # ours are the ones that matter
-        datasets.Dataset.from_dict(cols).save_to_disk(str(tmp / "arrow"))
+        # our own cache key is the fingerprint: `from_dict` would hash the whole table with dill,
+        # which is slow and fails on some pyarrow/Python pairs (pyarrow 26 on Python 3.12:
+        # "Can't pickle <class 'MonthDayNano'>", seen on the lent H200)
+        table = datasets.table.InMemoryTable.from_pydict(cols)
+        datasets.Dataset(table, fingerprint=fp).save_to_disk(str(tmp / "arrow"))
         plot_lengths(_by_task(cols), d.max_tokens, tmp / "lengths.png", title=f"data {fp}")
         (tmp / "stats.json").write_text(json.dumps(summary, indent=2))  # last: marks it complete
         if final.exists():  # an older incomplete build: stats.json was missing

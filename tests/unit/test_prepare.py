@@ -142,3 +142,18 @@ def test_a_tokenizer_trains_on_texts_longer_than_sentencepieces_default_limit(tm
     with pytest.raises(ValueError, match="no text to train a tokenizer on"):
         train_sentencepiece([], tmp_path / "none", 300)
     assert not (tmp_path / "none").exists()
+
+
+def test_the_cache_is_written_without_hashing_the_table(monkeypatch):
+    """Our cache key is the fingerprint: datasets never pickles the whole table with dill.
+
+    On the lent H200 (pyarrow 26, Python 3.12) that pickling failed outright
+    (``Can't pickle <class 'MonthDayNano'>``), so every prepare there died.
+    """
+    import datasets.arrow_dataset
+
+    def refuse(*_):
+        raise AssertionError("datasets hashed the whole table")
+    monkeypatch.setattr(datasets.arrow_dataset, "generate_fingerprint", refuse)
+    p = prepare(_recipe("train.seed=12345", "data.seed=777"), log=lambda _: None)
+    assert not p.cache_hit and len(p.dataset) == 360
