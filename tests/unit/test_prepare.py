@@ -144,7 +144,7 @@ def test_a_tokenizer_trains_on_texts_longer_than_sentencepieces_default_limit(tm
     assert not (tmp_path / "none").exists()
 
 
-def test_the_cache_is_written_without_hashing_the_table(monkeypatch):
+def test_the_cache_is_written_without_hashing_the_table(monkeypatch, tmp_path):
     """Our cache key is the fingerprint: datasets never pickles the whole table with dill.
 
     On the lent H200 (pyarrow 26, Python 3.12) that pickling failed outright
@@ -155,5 +155,6 @@ def test_the_cache_is_written_without_hashing_the_table(monkeypatch):
     def refuse(*_):
         raise AssertionError("datasets hashed the whole table")
     monkeypatch.setattr(datasets.arrow_dataset, "generate_fingerprint", refuse)
-    p = prepare(_recipe("train.seed=12345", "data.seed=777"), log=lambda _: None)
+    monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path))  # a cold cache: the build runs
+    p = prepare(_recipe(), log=lambda _: None)
     assert not p.cache_hit and len(p.dataset) == 360
