@@ -327,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
                    "rehearsal)")
     p.add_argument("--python", default=sys.executable,
                    help="interpreter for every step (default: the one running this)")
+    p.add_argument("--only", metavar="STEPS", default="tests,train,bench",
+                   help="comma-separated steps after the install, to rerun some on a short lease "
+                        "(default tests,train,bench)")
     args = p.parse_args(argv)
+    only = set(args.only.split(","))
     args.budget = args.budget or (1200 if args.cpu_rehearsal else 480)
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="medtune-gpu-check-"))
@@ -339,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         # On the GPU: tests/gpu ~2 min, the three runs of train ~2 min, the benchmark ~2 min. The
         # rehearsal has no lease to fit and may share a few CPU cores: it gets more time.
         slow = 3 if args.cpu_rehearsal else 1
-        pytest_gpu(check, 140 * slow)
-        train(check, 170 * slow)
-        bench(check, 150 * slow)
+        for name, step, budget in (("tests", pytest_gpu, 140), ("train", train, 170), ("bench", bench, 150)):
+            if name in only:
+                step(check, budget * slow)
     finally:
         text = summary(check, mode)
         shutil.rmtree(work, ignore_errors=True)

@@ -129,13 +129,14 @@ def train_step(engine, data: PackedData, my_slots: tuple[int | None, ...], n_ste
     ranks, so each micro-batch's sum is scaled by ``world * accum / n_step``.
     """
     grad_accum = len(my_slots)
-    local_sum = torch.zeros((), dtype=torch.float64)
+    # on the engine's device: the step's one collective runs there (NCCL takes no CPU tensors)
+    local_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
     for pack_index in my_slots:
         batch = data.batch(pack_index)
         summed = micro_loss(engine, batch, engine.device, kernels)
         if poison:  # test hook: a non-finite loss, as a diverging run would produce
             summed = summed * float("nan")
-        local_sum += summed.detach().double().cpu()
+        local_sum += summed.detach().double()
         if normalisation == "tokens":
             loss = summed * (world * grad_accum / max(n_step, 1))
         else:  # micro_mean: every micro-batch weighs the same, whatever its token count
@@ -181,7 +182,8 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
             local_sum = train_step(engine, data, step.slots[rank], n_step, world, t.loss_normalisation,
                                    kernels, poison=state.global_step + 1 in poisoned)
             # one collective per step: the loss, and whether any rank was asked to stop
-            shared = torch.stack([local_sum, torch.tensor(float(stop()), dtype=torch.float64)])
+            shared = torch.stack([local_sum, torch.tensor(float(stop()), dtype=torch.float64,
+                                                          device=local_sum.device)])
             dist.all_reduce(shared)
             elapsed = time.perf_counter() - began
             loss = shared[0].item() / max(n_step, 1)
