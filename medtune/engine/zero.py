@@ -280,6 +280,14 @@ def build_config(recipe: Recipe, world: int, hidden_size: int, bf16: bool,
         "steps_per_print": 1 << 60,
         "wall_clock_breakdown": False,
     })
+    offload = zero.get("offload_optimizer")
+    if isinstance(offload, dict) and offload.get("device", "none") != "none":
+        # The ranks hand DeepSpeed medtune's own torch AdamW; with the optimizer offloaded,
+        # DeepSpeed refuses any client optimizer but its DeepSpeedCPUAdam unless told otherwise
+        # (deepspeed/runtime/engine.py, _configure_optimizer: ZeRORuntimeException "You are
+        # using ZeRO-Offload with a client provided optimizer"). The AdamW then steps the fp32
+        # master weights on the host.
+        cfg.setdefault("zero_force_ds_cpu_optimizer", False)
     cfg.pop("comms_logger", None)
     if recipe.logging.comm_log:
         cfg["comms_logger"] = {"enabled": True, "prof_all": True, "verbose": False, "debug": False}

@@ -35,6 +35,20 @@ def test_recipe_values_and_offload_win():
     assert "offload_param" not in z
 
 
+@pytest.mark.parametrize("overrides", [["zero.offload_optimizer=cpu"], []])
+def test_offloaded_optimizer_takes_medtunes_adamw(overrides):
+    """DeepSpeed refuses a client optimizer (medtune's torch AdamW) with the optimizer offloaded
+    unless ``zero_force_ds_cpu_optimizer`` is false: every rank died at deepspeed.initialize with
+    ZeRORuntimeException "You are using ZeRO-Offload with a client provided optimizer"."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    cfg = build_config(_recipe(*overrides), world=1, hidden_size=64, bf16=False)
+    ds = DeepSpeedConfig(cfg)
+    offloaded = bool(overrides)
+    assert (ds.zero_config.offload_optimizer is not None) == offloaded
+    assert ds.zero_force_ds_cpu_optimizer is (not offloaded)
+
+
 def test_users_deepspeed_json_keeps_recipe_batch_fields(tmp_path):
     user = tmp_path / "ds.json"
     user.write_text(json.dumps({"zero_optimization": {"stage": 3, "reduce_bucket_size": 7},
@@ -101,6 +115,7 @@ def test_hf_docs_file_its_optimizer_honoured_its_scheduler_refused(tmp_path):
     cfg = build_config(_recipe(f"zero.deepspeed_config={user}"), world=2, hidden_size=64, bf16=False)
     assert "optimizer" not in cfg and "scheduler" not in cfg  # the ranks hand DeepSpeed medtune's AdamW
     assert cfg["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert cfg["zero_force_ds_cpu_optimizer"] is False  # the file offloads: medtune's AdamW must be let in
     assert cfg["steps_per_print"] == 1 << 60 and "auto" not in json.dumps(cfg)
 
 
