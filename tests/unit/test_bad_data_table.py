@@ -91,6 +91,11 @@ ROWS = [
      insert(1, '{"instruction": "Explain.", "input": "x", "output": "y"'),
      "{file}:2: bad JSON: Expecting ',' delimiter"),
     ("jsonl: Latin-1 text", "jsonl", "pmc_llama/train.jsonl", {}, False, latin1_at(2), "{file}:2: " + UTF8),
+    # a lone surrogate is a legal JSON escape but not text: every tokenizer failed on it with a
+    # traceback (UnicodeEncodeError: surrogates not allowed; transformers#8886, tiktoken#82)
+    ("jsonl: lone surrogate", "jsonl", "pmc_llama/train.jsonl", {}, True,
+     insert(1, '{"instruction": "Explain.", "input": "scraped \\ud83d text", "output": "y"}'),
+     "{file}:2: 'input' holds a lone UTF-16 surrogate (U+D83D at character 8)"),
     ("json list: null output", "jsonl", "chatdoctor/HealthCareMagic-100k.json", {}, True,
      insert(1, '  {"instruction": "Answer.", "input": "q", "output": null},'),
      "{file}:2: item 1: 'output' must be a string, not null"),

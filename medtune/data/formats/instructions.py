@@ -120,6 +120,25 @@ def record(obj: Any, path: str, line: int, where: str = "") -> Record | Malforme
     inp = obj.get("input") or ""
     if not isinstance(inp, str):
         return bad(f"'input' must be a string, not {_kind(inp)}")
+    for key, value in (("instruction", obj["instruction"]), ("input", inp), ("output", obj["output"])):
+        bad_at = _lone_surrogate(value)
+        if bad_at is not None:  # legal as a JSON escape ("\ud800"), but not text: UTF-8 cannot encode it
+            return bad(f"'{key}' holds a lone UTF-16 surrogate (U+{ord(value[bad_at]):04X} at character "
+                       f"{bad_at}), which is not text; repair or drop the record")
     source = obj.get("source")
     return Record(obj["instruction"], inp, obj["output"], str(obj.get("task") or "generic"),
                   source=str(source) if source is not None else None)
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """Index of the first lone surrogate (U+D800-U+DFFF) in `text`, or None.
+
+    ``json.loads('"\\ud800"')`` yields such a character (scraped text and
+    UTF-16 round trips carry them); every tokenizer and Arrow then fail on it
+    with ``UnicodeEncodeError: ... surrogates not allowed``.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return err.start
+    return None
