@@ -60,6 +60,18 @@ def test_conll_skips_docstart_and_collapses_jnlpba_types():
     assert typed[1].gold[1:3] == ("B-DNA", "I-DNA") and "Jurkat : B-CELL_LINE" in typed[1].output
 
 
+def test_conll_trailing_tab_is_not_an_empty_tag_column(tmp_path):
+    """`token<TAB>tag<TAB>` (an export's trailing delimiter, CRLF or not) has the tag before it;
+    the sentence was skipped as 'token line with no tag' (flair#1861, CoreNLP#918)."""
+    f = tmp_path / "train.tsv"
+    f.write_bytes(b"Aspirin\tB-Chemical\t\ncauses\tO\t \nulcers\tB-Disease\t\r\n\n"
+                  b"Fever\tB\nonly\t\n")
+    items = list(READERS["conll"].read(str(f)))
+    assert items[0] == Record("", "Aspirin causes ulcers", "Aspirin : B\ncauses : O\nulcers : B", "ner",
+                              ("B", "O", "B"))
+    assert items[1] == Malformed(str(f), 6, "token line with no tag: 'only'")  # a tab, then nothing
+
+
 def test_i2b2_2012_keeps_types_and_reads_space_separated_files():
     r = _read("conll", CORPORA / "i2b2_2012", tags="typed")[0]
     assert "chest : B-PROBLEM\npain : I-PROBLEM" in r.output

@@ -65,6 +65,9 @@ def read(path: str, split: str = "train", tags: str = "untyped") -> Iterator[Rec
             continue
         # Columns are split at ASCII tabs or spaces only: U+0085, U+2028 or a
         # no-break space inside a token is part of the token, not a column break.
+        # Trailing blanks end the line, not an empty last column (`Aspirin<TAB>B<TAB>`, as some
+        # exports write it, has the tag B; flair#1861, CoreNLP#918 met such files).
+        line = line.rstrip(_BLANK)
         parts = line.split("\t") if "\t" in line else [x for x in line.split(" ") if x]
         raw_tag = parts[-1].strip(_BLANK)
         if len(parts) < 2 or not raw_tag:
