@@ -355,6 +355,13 @@ def validate(tree: dict, origin: dict[str, str], default_file: str,
 def _cross_checks(r: Recipe, check_files: bool = True) -> list[tuple[str, str]]:
     """Rules that span fields: (dotted key, message) for each broken one."""
     out = []
+    parts = r.name.split("/")
+    if r.name.startswith("/") or any(part.strip() in ("", ".", "..") for part in parts) or "\0" in r.name:
+        # runs/<name> is the default run directory: '..' or '' would put a run in runs/'s parent or
+        # in runs/ itself, beside (and over) other runs
+        out.append(("name", f"{r.name!r}: the default run directory is runs/<name>, so a name must "
+                            "stay inside runs/ (no empty, '.' or '..' parts, no leading '/'); "
+                            "choose another name or give --run-dir"))
     m = r.model
     if (m.name_or_path is None) == (m.config is None):
         out.append(("model", "give exactly one of model.name_or_path (hub id or directory) "
@@ -535,7 +542,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             raise DuplicateKeyError(sorted(found, key=lambda f: f[2]))
         return super().construct_document(node)
 
-    def _find_duplicates(self, node, path: tuple[str, ...], found: list) -> None:
+    def _find_duplicates(self, node, path: tuple[str, ...], found: list, seen_nodes: set | None = None,
+                         within: frozenset = frozenset()) -> None:
+        # An alias is the anchored node itself: each node is looked at once (nested aliases grew
+        # exponentially), and one inside itself (`a: &a [*a]`, a recursive anchor) is refused: it
+        # recursed without end here and in every walk of the tree after.
+        seen_nodes = set() if seen_nodes is None else seen_nodes
+        if id(node) in within:
+            raise yaml.composer.ComposerError(None, None, "an alias inside the node it names (a recursive "
+                                              "anchor); a recipe is a tree", node.start_mark)
+        if id(node) in seen_nodes:
+            return
+        seen_nodes.add(id(node))
+        within = within | {id(node)}
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for key_node, value_node in node.value:
@@ -550,10 +569,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     seen.setdefault(key, line)
                 except TypeError:  # an unhashable key: the schema refuses it later
                     pass
-                self._find_duplicates(value_node, (*path, str(key)), found)
+                self._find_duplicates(value_node, (*path, str(key)), found, seen_nodes, within)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                self._find_duplicates(item, (*path, str(i)), found)
+                self._find_duplicates(item, (*path, str(i)), found, seen_nodes, within)
 
 
 class DuplicateKeyError(yaml.YAMLError):

@@ -233,3 +233,40 @@ def test_cached_hub_model_needs_no_network_and_a_missing_shard_is_named(tmp_path
     assert msg.startswith(f"org/half is not in the Hugging Face cache {hub} (missing "
                           "model-00002-of-00002.safetensors) and HF_HUB_OFFLINE is set")
     assert locations.missing_from_cache("org/whole", None, weights=False, tokenizer=True) == []
+
+
+# ---- found in review: the run directory's name, and aliases -----------------------------------
+
+@pytest.mark.parametrize("name", ["..", "../elsewhere", "", "/abs/run", "team/./x", "a//b"])
+def test_name_that_leaves_runs_is_refused(tmp_path, capsys, name):
+    """runs/<name> is the default run directory: `name: ..` made it the working directory itself,
+    `name: ''` runs/ (beside and over every other run), `../x` a folder outside runs/."""
+    path = tmp_path / "r.yaml"
+    path.write_text(f"base: [{TINY}, {DEMO}]\nname: {name!r}\n")
+    line = _one_line_refusal(capsys, ["plan", str(path), "--nodes", "1", "--gpus-per-node", "1"])
+    assert line.startswith(f"medtune: error: {path}: name: {name!r}: the default run directory is runs/<name>")
+
+
+@pytest.mark.parametrize("name", ["my run 1", "team/llama2-7b"])
+def test_name_inside_runs_is_accepted(tmp_path, name):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"base: [{TINY}, {DEMO}]\nname: {name!r}\n")
+    assert config.load(path).name == name
+
+
+def test_recursive_anchor_is_one_line(tmp_path, capsys):
+    """`extra: *t` inside `train: &t`: the duplicate-key scan recursed without end (RecursionError
+    traceback, exit 1)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(f"base: [{TINY}, {DEMO}]\ntrain: &t\n  epochs: 1\n  extra: *t\n")
+    line = _one_line_refusal(capsys, ["plan", str(path), "--nodes", "1", "--gpus-per-node", "1"])
+    assert line == (f"medtune: error: {path}:2:8: bad YAML: an alias inside the node it names "
+                    "(a recursive anchor); a recipe is a tree")
+
+
+def test_an_anchor_used_twice_reports_its_repeat_once(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("a: &s {lr: 1, lr: 2}\nb: *s\nc: *s\n")
+    with pytest.raises(config.RecipeError) as err:
+        config.read_yaml(path)
+    assert str(err.value).count("duplicate key") == 1
