@@ -36,12 +36,19 @@ def offline() -> bool:
 
 
 def hub_cache() -> Path:
-    """The hub cache the ranks will read: ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    """The hub cache the ranks will read, from the environment now, as ``huggingface_hub.constants``
+    reads it at import: ``HF_HUB_CACHE``, else the legacy ``HUGGINGFACE_HUB_CACHE`` (still
+    honoured there), else ``HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub``
+    (``~/.cache/huggingface/hub``); ``~`` and ``$VAR`` expanded."""
+    def expand(path: str) -> str:
+        return os.path.expandvars(os.path.expanduser(path))
+
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return Path(expand(os.environ[name]))
     home = os.environ.get("HF_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
-    return Path(home).expanduser() / "hub"
+    return Path(expand(home)) / "hub"
 
 
 def endpoint() -> str:

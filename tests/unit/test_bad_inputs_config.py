@@ -235,6 +235,25 @@ def test_cached_hub_model_needs_no_network_and_a_missing_shard_is_named(tmp_path
     assert locations.missing_from_cache("org/whole", None, weights=False, tokenizer=True) == []
 
 
+
+@pytest.mark.parametrize("env", [{"HUGGINGFACE_HUB_CACHE": "{hub}"}, {"HF_HOME": "$MY_ROOT/hf"},
+                                 {"HF_HUB_CACHE": "$MY_ROOT/hf/hub"}])
+def test_cache_found_where_huggingface_hub_looks(tmp_path, monkeypatch, env):
+    """huggingface_hub still honours the legacy HUGGINGFACE_HUB_CACHE and expands $VAR; medtune
+    looked in ~/.cache/huggingface/hub and refused, offline, a model every rank would load."""
+    from medtune import locations
+
+    hub = tmp_path / "hf" / "hub"
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MY_ROOT", str(tmp_path))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(hub=hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _fake_cache(hub, "org/whole", {"config.json": "{}", "tokenizer_config.json": "{}", "model.safetensors": ""})
+    assert locations.hub_cache() == hub
+    assert locations.check_hub("org/whole", None, "model.name_or_path", True, True) is None
+
 # ---- found in review: the run directory's name, and aliases -----------------------------------
 
 @pytest.mark.parametrize("name", ["..", "../elsewhere", "", "/abs/run", "team/./x", "a//b"])
