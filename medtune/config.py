@@ -575,6 +575,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 self._find_duplicates(item, (*path, str(i)), found, seen_nodes, within)
 
 
+# YAML 1.2 reads `1e-5`, `5e8` and `1.0e6` as numbers; PyYAML keeps YAML 1.1, where a float needs a
+# dot and a signed exponent, so they were strings: `rms_norm_eps: 1e-05` copied from a config.json
+# reached transformers as '1e-05' (a traceback), `reduce_bucket_size: 5e8` as DeepSpeed's docs write
+# it was refused (LLaMA-Factory#4014 met the same). This resolver (the YAML 1.2 core schema's float
+# forms with an exponent) runs after PyYAML's own int and float ones.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+|[-+]?\.[0-9][0-9_]*[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."))
+
+
 class DuplicateKeyError(yaml.YAMLError):
     """Keys given twice in one YAML mapping: (dotted key, first line, repeated line), 1-based."""
 

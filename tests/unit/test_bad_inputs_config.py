@@ -289,3 +289,18 @@ def test_an_anchor_used_twice_reports_its_repeat_once(tmp_path):
     with pytest.raises(config.RecipeError) as err:
         config.read_yaml(path)
     assert str(err.value).count("duplicate key") == 1
+
+
+def test_exponents_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 (PyYAML) reads `1e-05` and `5e8` as strings: `rms_norm_eps: 1e-05` copied from a
+    config.json died in transformers ("expected float, got str"), `reduce_bucket_size: 5e8` as
+    DeepSpeed's docs write it was refused in two lines (LLaMA-Factory#4014 met the same)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(f"base: [{TINY}, {DEMO}]\nmodel:\n  config: {{rms_norm_eps: 1e-05, rope_theta: 5E5}}\n"
+                    "train: {lr: 2e-5, adam_eps: 1e-8}\nzero: {reduce_bucket_size: 5e8}\n")
+    r = config.load(path, ["zero.prefetch_bucket_size=4.5e8"])
+    assert r.model.config["rms_norm_eps"] == 1e-05 and r.model.config["rope_theta"] == 500000.0
+    assert r.train.lr == 2e-05 and r.train.adam_eps == 1e-08
+    assert r.zero.reduce_bucket_size == 500_000_000 and type(r.zero.reduce_bucket_size) is int
+    assert r.zero.prefetch_bucket_size == 450_000_000
+    assert config.read_yaml(path, "v: 1e5x\nw: e5\nx: '1e-5'\n") == {"v": "1e5x", "w": "e5", "x": "1e-5"}
