@@ -340,7 +340,7 @@ def validate(tree: dict, origin: dict[str, str], default_file: str,
     try:
         recipe = Recipe(**tree)
     except ValidationError as err:
-        for e in err.errors():
+        for e in _join_union_branches(err.errors()):
             problems.append(_describe(e, tree, origin, default_file))
         raise RecipeError(problems) from None
     except TypeError as err:  # a section given as a scalar or a list
@@ -457,6 +457,29 @@ def looks_local(value: str) -> bool:
 _MOVED = {"model.attention": "kernels.attention"}
 
 
+def _join_union_branches(errors: list[dict]) -> list[dict]:
+    """One error per key: pydantic reports a value that fits no member of a union (``int |
+    Literal["auto"]``) once per member, its loc ending in the member's tag (``int``,
+    ``literal['auto']``); those become one error at the key, their messages joined by "or"."""
+    out: list[dict] = []
+    by_key: dict[tuple, dict] = {}
+    for e in errors:
+        loc = tuple(str(p) for p in e["loc"])
+        parent = _schema_at(list(loc[:-2])) if len(loc) >= 2 else None
+        is_branch = (parent is not None and not loc[-1].isdigit() and loc[-2] in {f.name for f in fields(parent)}
+                     and _dataclass_in({f.name: f.type for f in fields(parent)}[loc[-2]]) is None)
+        if not is_branch:
+            out.append(e)
+            continue
+        if loc[:-1] in by_key:
+            first = by_key[loc[:-1]]
+            first["msg"] = f"{first['msg']}, or {e['msg'][0].lower() + e['msg'][1:]}"
+            continue
+        by_key[loc[:-1]] = {**e, "loc": loc[:-1]}
+        out.append(by_key[loc[:-1]])
+    return out
+
+
 def _describe(e: dict, tree: dict, origin: dict[str, str], default_file: str) -> str:
     loc = [str(p) for p in e["loc"]]
     key = ".".join(loc)
@@ -503,6 +526,8 @@ def _dataclass_in(annotation):
     """The schema class inside an annotation such as ``list[SourceConfig]``."""
     if isinstance(annotation, str):
         annotation = eval(annotation, globals())  # our own annotations only
+    if getattr(annotation, "__origin__", None) is Literal:  # its args are values, not types
+        return None
     if is_dataclass(annotation):
         return annotation
     for arg in getattr(annotation, "__args__", ()):

@@ -304,3 +304,16 @@ def test_exponents_without_a_dot_are_numbers(tmp_path):
     assert r.zero.reduce_bucket_size == 500_000_000 and type(r.zero.reduce_bucket_size) is int
     assert r.zero.prefetch_bucket_size == 450_000_000
     assert config.read_yaml(path, "v: 1e5x\nw: e5\nx: '1e-5'\n") == {"v": "1e5x", "w": "e5", "x": "1e-5"}
+
+
+@pytest.mark.parametrize("override,line", [
+    ("zero.reduce_bucket_size=big", "command line: zero.reduce_bucket_size = 'big': must be a valid integer, "
+                                    "unable to parse string as an integer, or must be 'auto'"),
+    ("zero.max_reuse_distance=-1.5", "command line: zero.max_reuse_distance = -1.5: must be a valid integer, "
+                                     "got a number with a fractional part, or must be 'auto'")])
+def test_a_key_of_two_kinds_is_one_line(override, line):
+    """`int | "auto"` keys gave one line per kind, named with pydantic's branch tags
+    (`zero.reduce_bucket_size.int = ...` and `zero.reduce_bucket_size.literal['auto'] = ...`)."""
+    with pytest.raises(config.RecipeError) as err:
+        config.load(RECIPES / "demo.yaml", [override])
+    assert str(err.value) == line
