@@ -28,6 +28,8 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
+from medtune.errors import RecipeError  # noqa: F401 (medtune.config.RecipeError, as before)
+
 RECIPES_ROOT = Path(__file__).resolve().parent.parent / "recipes"
 COMMAND_LINE = "command line"
 
@@ -36,14 +38,6 @@ _SCHEMA = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 def _section(cls):
     return dataclass(frozen=True, kw_only=True, config=_SCHEMA)(cls)
-
-
-class RecipeError(ValueError):
-    """A recipe a user can fix; ``str()`` is one line per problem."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 @_section

@@ -263,9 +263,9 @@ def _say(rank: int):
 
 
 if __name__ == "__main__":
-    from medtune.cli import rank_entry
+    from medtune.engine.entry import run
 
-    code = rank_entry(sys.argv[1:])
+    code = run(sys.argv[1:], main)
     # Everything is written, closed and the process group destroyed: leave
     # without running C++ static destructors, where a communication thread
     # still joinable at exit sometimes aborts a finished rank ("terminate
