@@ -97,6 +97,15 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+BASE = ("medtune.errors", "medtune.exitcodes", "medtune.fsutil", "medtune.families", "medtune.flops")
+
+
+def test_the_base_imports_nothing_of_medtune():
+    """Every part may import the base (errors, exit codes, file helpers, families, FLOPs): it imports no part."""
+    graph = import_graph()
+    assert {m: sorted(graph[m]) for m in BASE if graph[m]} == {}
+
+
 def test_data_and_evaluation_take_their_errors_from_the_base():
     """`medtune.errors` holds the user-error bases; data and evaluation never import config for one."""
     offenders = []
@@ -179,3 +188,18 @@ def test_the_ranks_main_fits_on_a_screen():
     main = next(n for n in ast.parse(path.read_text()).body
                 if isinstance(n, ast.FunctionDef) and n.name == "main")
     assert main.end_lineno - main.lineno + 1 <= 60
+
+
+def test_every_integration_test_is_slow_and_the_inner_loop_has_none():
+    """``pytest -m "not slow"`` (the fast inner loop) collects no test that starts real ranks."""
+    import subprocess
+    import sys
+
+    root = PACKAGE.parent
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "-m", "not slow", "tests/integration", "tests/unit/test_bad_inputs_config.py"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    collected = [line for line in done.stdout.splitlines() if "::" in line]
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "deselected" in done.stdout and collected and not [c for c in collected if c.startswith("tests/integration")], done.stdout[-2000:]
+    assert not [c for c in collected if "within_seconds" in c], collected
