@@ -106,6 +106,22 @@ def test_the_base_imports_nothing_of_medtune():
     assert {m: sorted(graph[m]) for m in BASE if graph[m]} == {}
 
 
+def test_config_imports_only_the_base():
+    """Checks that need readers or pools are registered by data (`config.register_check`)."""
+    graph = import_graph()
+    assert sorted(d for d in graph["medtune.config"] if d not in BASE) == []
+
+
+def test_the_data_checks_are_registered_whatever_is_imported_first():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import medtune.config as c; "
+                           "print([f.__module__ + '.' + f.__name__ for f in c.CHECKS])"],
+                          cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "['medtune.data.checks.source_problems']", done.stderr
+
+
 def test_data_and_evaluation_take_their_errors_from_the_base():
     """`medtune.errors` holds the user-error bases; data and evaluation never import config for one."""
     offenders = []
