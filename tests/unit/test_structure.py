@@ -219,3 +219,31 @@ def test_every_integration_test_is_slow_and_the_inner_loop_has_none():
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "deselected" in done.stdout and collected and not [c for c in collected if c.startswith("tests/integration")], done.stdout[-2000:]
     assert not [c for c in collected if "within_seconds" in c], collected
+
+
+def test_the_rank_entry_runs_without_the_command_line():
+    """``python -m medtune.engine.main`` imported medtune.cli, which imported engine.main again
+    (the shape of lm-evaluation-harness#2562's partially initialised ``__main__``)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "medtune.engine.main", "--help"],
+                          cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--run-dir" in done.stdout, done.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
+    assert "medtune.engine.entry" in imported and "medtune.cli" not in imported
+
+
+@pytest.mark.slow  # a fresh interpreter per module (torch for a dozen): about a minute
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    """A cycle resolved in one import order only fails in the other (token-savior#78's shape)."""
+    import subprocess
+    import sys
+
+    failed = {}
+    for name in _modules():
+        done = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=PACKAGE.parent,
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            failed[name] = done.stderr.strip().splitlines()[-1]
+    assert failed == {}
