@@ -1,3 +1,7 @@
 """medtune: ZeRO-3 full-parameter instruction tuning of open LLMs on DeepSpeed."""
 
 __version__ = "0.1.0"
+
+# The data part registers its recipe checks with medtune.config (which imports no
+# reader): importing any medtune module runs this first, so they are always there.
+import medtune.data.checks  # noqa: E402,F401

@@ -541,31 +541,5 @@ def _score(args) -> int:
     return exitcodes.OK
 
 
-def rank_entry(argv: list[str]) -> int:
-    """Arguments of ``python -m medtune.engine.main`` (what every rank runs)."""
-    p = argparse.ArgumentParser(prog="medtune.engine.main")
-    p.add_argument("--recipe", required=True)
-    p.add_argument("--run-dir", required=True)
-    # The DeepSpeed launcher appends --local_rank=N; LOCAL_RANK carries the same.
-    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
-    _resume_args(p)
-    args = p.parse_args(argv)
-    from medtune.engine.checkpoint import CheckpointError
-    from medtune.engine.main import main as rank_main
-
-    try:
-        return rank_main(args.recipe, args.run_dir, args.resume, args.allow_changed)
-    except CheckpointError as err:  # every rank raises it; one says it
-        if err.loud:
-            print(f"medtune: error: {err}", file=sys.stderr, flush=True)
-        return exitcodes.IO_ERROR
-    except config.RecipeError as err:
-        print("\n".join(f"medtune: error: {line}" for line in err.problems), file=sys.stderr)
-        return exitcodes.USAGE
-    except UserError as err:
-        print(f"medtune: error: {err}", file=sys.stderr)
-        return exitcodes.USAGE
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -249,7 +249,7 @@ def model_trace(cfg, checkpointing: bool = False) -> ModelTrace:
     decoder layer replays its children's forwards inside its backward.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         real = AutoModelForCausalLM.from_config(cfg)
@@ -262,6 +262,15 @@ def model_trace(cfg, checkpointing: bool = False) -> ModelTrace:
     names = [n for n, _ in real.named_modules(remove_duplicate=False)]
     mod_params = {n: tuple(sorted({index[id(p)] for p in m.parameters(recurse=False)}))
                   for n, m in real.named_modules(remove_duplicate=False)}
+    order = {n: i for i, n in enumerate(names)}
+    events = _events(_call_tree(cfg), order, checkpointing)
+    return ModelTrace(tuple(numel), tuple(ndim), tuple(mod_params[n] for n in names), tuple(events))
+
+
+def _call_tree(cfg) -> list:
+    """One forward of `cfg`'s architecture shrunk to width 16: nested ``[name, children, output needs grad]``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     tiny_cfg = AutoConfig.for_model(**_shrunk(cfg))
     torch.manual_seed(0)
@@ -287,7 +296,11 @@ def model_trace(cfg, checkpointing: bool = False) -> ModelTrace:
         for h in hooks:
             h.remove()
     (root,) = stack[0][1]
-    order = {n: i for i, n in enumerate(names)}
+    return root
+
+
+def _events(root: list, order: dict[str, int], checkpointing: bool) -> list[tuple[str, int, bool]]:
+    """The fetch/release events of DeepSpeed's hooks over the call tree `root`, forward then backward."""
     events: list[tuple[str, int, bool]] = []
 
     def forward(node, out):
@@ -331,7 +344,7 @@ def model_trace(cfg, checkpointing: bool = False) -> ModelTrace:
         out += rest
     forward(root, events)
     backward(root, events)
-    return ModelTrace(tuple(numel), tuple(ndim), tuple(mod_params[n] for n in names), tuple(events))
+    return events
 
 
 def _is_layer(name: str) -> bool:
@@ -389,106 +402,128 @@ def simulate(trace: ModelTrace, knobs: Knobs, world: int, hpz: int, accum: int,
     pass) and of the optimizer step (everything released, persistent
     parameters gathered again, hpZ's secondary shards dropped).
     """
-    n = len(trace.numel)
-    numel = trace.numel
-    aligned = [math.ceil(e / world) * world for e in numel]
-    persistent = [e <= knobs.persistence_threshold for e in numel]
-    gathered = [False] * n
-    # deepspeed.initialize gathers and releases every parameter once, which leaves
-    # each an hpZ secondary shard for the first optimizer step
-    secondary = [hpz > 1] * n
-    users: list[set] = [set() for _ in range(n)]
-    recorded: list[int] = []
-    param_order: list[tuple[int, int]] = []
-    mode = "invalid"
-    cache: dict[tuple[int, int], set] = {}  # DeepSpeed memoizes __params_to_release per (module, step)
+    replay = _Replay(trace, knobs, world, hpz)
     out = []
-    state = {"live": 0}
-    tally = Counter()
-
-    def gather(ps):
-        for p in ps:
-            if gathered[p]:
-                continue
-            gathered[p] = True
-            state["live"] += numel[p]
-            if secondary[p]:
-                tally["gather_node"] += aligned[p] // hpz
-            else:
-                tally["gather_world"] += aligned[p] // world
-
-    def release(p):
-        if gathered[p] and not users[p]:
-            if hpz > 1:
-                secondary[p] = True
-            gathered[p] = False
-            state["live"] -= numel[p]
-
-    def to_release(m, sid, recent):
-        key = (m, sid)
-        if key not in cache:
-            rel = {p for p in trace.modules[m] if not persistent[p] and recent[p] <= sid}
-            walked = 0
-            for mod in recorded[sid:]:
-                if walked >= knobs.max_reuse:
-                    break
-                for p in trace.modules[mod]:
-                    rel.discard(p)
-                    walked += numel[p]
-            cache[key] = rel
-        return cache[key]
-
     for _ in range(steps):
-        tally = Counter()
+        replay.tally = Counter()
         for _micro in range(accum):
-            if mode == "record":
-                param_order = [(p, s) for s, m in enumerate(recorded) for p in trace.modules[m]]
-                mode = "complete"
-            elif mode == "invalid":
-                mode = "record"
-            queue = deque(param_order)
-            recent: dict[int, int] = defaultdict(lambda: -10 ** 10)
-            sid, state["live"] = 0, 0
-            for kind, m, _fwd in trace.events:
-                mine = trace.modules[m]
-                if kind == "fetch":
-                    if mode == "record":
-                        recorded.append(m)
-                    gather(mine)
-                    for p in mine:
-                        users[p].add(m)
-                    if mode == "complete":
-                        for _p in range(sum(1 for p in mine if recent[p] < sid)):
-                            if queue:
-                                p, s = queue.popleft()
-                                recent[p] = s
-                        budget = min(knobs.max_live - state["live"], knobs.prefetch_bucket)
-                        ahead, taken = [], 0
-                        while queue and taken < budget:
-                            p, s = queue.popleft()
-                            recent[p] = max(recent[p], s)
-                            if not gathered[p] and p not in ahead:
-                                ahead.append(p)
-                                taken += numel[p]
-                        gather(ahead)
-                    sid += 1
-                else:
-                    rel = to_release(m, sid, recent) if mode == "complete" else set(mine)
-                    for p in mine:
-                        users[p].discard(m)
-                        if p in rel:
-                            release(p)
-            tally["reduce_world"] += sum(aligned)
-        # the optimizer step: everything partitioned, persistent parameters gathered again
-        for p in range(n):
-            users[p].clear()
-            release(p)
-        tally["gather_world"] += sum(aligned[p] // world for p in range(n) if persistent[p])
-        for p in range(n):
-            gathered[p] = persistent[p]
-            secondary[p] = False
-        out.append(tally)
+            replay.micro_batch()
+        replay.optimizer_step()
+        out.append(replay.tally)
     return out
+
+
+class _Replay:
+    """`simulate`'s state: which parameters are gathered, by whom, and the coordinator's trace."""
+
+    def __init__(self, trace: ModelTrace, knobs: Knobs, world: int, hpz: int):
+        n = len(trace.numel)
+        self.trace, self.knobs, self.world, self.hpz = trace, knobs, world, hpz
+        self.numel = trace.numel
+        self.aligned = [math.ceil(e / world) * world for e in self.numel]
+        self.persistent = [e <= knobs.persistence_threshold for e in self.numel]
+        self.gathered = [False] * n
+        # deepspeed.initialize gathers and releases every parameter once, which leaves
+        # each an hpZ secondary shard for the first optimizer step
+        self.secondary = [hpz > 1] * n
+        self.users: list[set] = [set() for _ in range(n)]
+        self.recorded: list[int] = []
+        self.param_order: list[tuple[int, int]] = []
+        self.mode = "invalid"
+        self.cache: dict[tuple[int, int], set] = {}  # DeepSpeed memoizes __params_to_release per (module, step)
+        self.live = 0
+        self.tally = Counter()
+
+    def gather(self, ps) -> None:
+        for p in ps:
+            if self.gathered[p]:
+                continue
+            self.gathered[p] = True
+            self.live += self.numel[p]
+            if self.secondary[p]:
+                self.tally["gather_node"] += self.aligned[p] // self.hpz
+            else:
+                self.tally["gather_world"] += self.aligned[p] // self.world
+
+    def release(self, p: int) -> None:
+        if self.gathered[p] and not self.users[p]:
+            if self.hpz > 1:
+                self.secondary[p] = True
+            self.gathered[p] = False
+            self.live -= self.numel[p]
+
+    def to_release(self, m: int, sid: int, recent) -> set:
+        key = (m, sid)
+        if key not in self.cache:
+            rel = {p for p in self.trace.modules[m] if not self.persistent[p] and recent[p] <= sid}
+            walked = 0
+            for mod in self.recorded[sid:]:
+                if walked >= self.knobs.max_reuse:
+                    break
+                for p in self.trace.modules[mod]:
+                    rel.discard(p)
+                    walked += self.numel[p]
+            self.cache[key] = rel
+        return self.cache[key]
+
+    def micro_batch(self) -> None:
+        """One forward and backward: the trace recorded on the first, replayed with prefetch after."""
+        if self.mode == "record":
+            self.param_order = [(p, s) for s, m in enumerate(self.recorded) for p in self.trace.modules[m]]
+            self.mode = "complete"
+        elif self.mode == "invalid":
+            self.mode = "record"
+        queue = deque(self.param_order)
+        recent: dict[int, int] = defaultdict(lambda: -10 ** 10)
+        sid, self.live = 0, 0
+        for kind, m, _fwd in self.trace.events:
+            mine = self.trace.modules[m]
+            if kind == "fetch":
+                self.fetch(m, sid, queue, recent)
+                sid += 1
+            else:
+                rel = self.to_release(m, sid, recent) if self.mode == "complete" else set(mine)
+                for p in mine:
+                    self.users[p].discard(m)
+                    if p in rel:
+                        self.release(p)
+        self.tally["reduce_world"] += sum(self.aligned)
+
+    def fetch(self, m: int, sid: int, queue: deque, recent) -> None:
+        mine = self.trace.modules[m]
+        if self.mode == "record":
+            self.recorded.append(m)
+        self.gather(mine)
+        for p in mine:
+            self.users[p].add(m)
+        if self.mode == "complete":
+            self.prefetch(mine, sid, queue, recent)
+
+    def prefetch(self, mine, sid: int, queue: deque, recent) -> None:
+        for _p in range(sum(1 for p in mine if recent[p] < sid)):
+            if queue:
+                p, s = queue.popleft()
+                recent[p] = s
+        budget = min(self.knobs.max_live - self.live, self.knobs.prefetch_bucket)
+        ahead, taken = [], 0
+        while queue and taken < budget:
+            p, s = queue.popleft()
+            recent[p] = max(recent[p], s)
+            if not self.gathered[p] and p not in ahead:
+                ahead.append(p)
+                taken += self.numel[p]
+        self.gather(ahead)
+
+    def optimizer_step(self) -> None:
+        """Everything partitioned, persistent parameters gathered again, secondary shards dropped."""
+        n = len(self.numel)
+        for p in range(n):
+            self.users[p].clear()
+            self.release(p)
+        self.tally["gather_world"] += sum(self.aligned[p] // self.world for p in range(n) if self.persistent[p])
+        for p in range(n):
+            self.gathered[p] = self.persistent[p]
+            self.secondary[p] = False
 
 
 # --------------------------------------------------------------------------

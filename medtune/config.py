@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +26,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
+
+from medtune.errors import RecipeError  # noqa: F401 (medtune.config.RecipeError, as before)
 
 RECIPES_ROOT = Path(__file__).resolve().parent.parent / "recipes"
 COMMAND_LINE = "command line"
@@ -36,14 +37,6 @@ _SCHEMA = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 def _section(cls):
     return dataclass(frozen=True, kw_only=True, config=_SCHEMA)(cls)
-
-
-class RecipeError(ValueError):
-    """A recipe a user can fix; ``str()`` is one line per problem."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 @_section
@@ -352,6 +345,21 @@ def validate(tree: dict, origin: dict[str, str], default_file: str,
     return recipe
 
 
+CHECKS: list = []
+"""Checks that need a part's knowledge, registered by that part (`register_check`):
+``check(recipe, check_files) -> [(dotted key, message), ...]``, run by `validate`
+among its cross-field rules. `medtune.data.checks` registers the sources' readers,
+files, settings and instruction pools; ``medtune/__init__.py`` imports it, so the
+checks are in place whenever any medtune module is."""
+
+
+def register_check(check):
+    """Add `check` (see `CHECKS`) once; returns it, so it can decorate."""
+    if check not in CHECKS:
+        CHECKS.append(check)
+    return check
+
+
 def _cross_checks(r: Recipe, check_files: bool = True) -> list[tuple[str, str]]:
     """Rules that span fields: (dotted key, message) for each broken one."""
     out = []
@@ -379,7 +387,8 @@ def _cross_checks(r: Recipe, check_files: bool = True) -> list[tuple[str, str]]:
                                        "or model.train_tokenizer"))
     if not r.data.sources:
         out.append(("data.sources", "no data sources: add at least one {path, format}"))
-    out += _data_checks(r.data, check_files)
+    for check in CHECKS:  # registered by the parts that know readers, pools, ...
+        out += check(r, check_files)
     if r.zero.deepspeed_config is not None and not Path(r.zero.deepspeed_config).is_file():
         out.append(("zero.deepspeed_config", f"{r.zero.deepspeed_config} does not exist"))
     if m.name_or_path and looks_local(m.name_or_path):
@@ -394,49 +403,6 @@ def _cross_checks(r: Recipe, check_files: bool = True) -> list[tuple[str, str]]:
     if local_tok and m.train_tokenizer is None and not Path(m.tokenizer).exists():
         out.append(("model.tokenizer", f"{m.tokenizer} does not exist (set model.train_tokenizer "
                                        "to train one there)"))
-    return out
-
-
-def _data_checks(d: DataConfig, check_files: bool = True) -> list[tuple[str, str]]:
-    """Every source's reader, files, pool and reader-specific settings, before any work."""
-    from medtune.data.formats import READERS, SETTINGS, SourceError, source_files  # pure Python
-    from medtune.data.templates import POOLS
-
-    out = []
-    names: dict[str, int] = {}
-    defaults = SourceConfig(path="-")
-    for i, src in enumerate(d.sources):
-        key = f"data.sources.{i}"
-        unset = re.search(r"\$\{?(\w+)", src.path)
-        if unset and check_files:
-            out.append((f"{key}.path", f"{src.path[unset.start():]}: ${unset.group(1)} is not set "
-                                       f"(export {unset.group(1)}=/path/to/your/corpora)"))
-            continue
-        if src.format not in READERS:
-            near = difflib.get_close_matches(src.format, READERS, n=1)
-            hint = f"did you mean '{near[0]}'? " if near else ""
-            out.append((f"{key}.format",
-                        f"unknown reader '{src.format}': {hint}known: {', '.join(sorted(READERS))}"))
-            continue
-        try:
-            if check_files and (READERS[src.format].local or Path(src.path).is_absolute()):
-                source_files(src.format, src.path, src.split)
-        except SourceError as err:
-            out.append((f"{key}.path", str(err)))
-        for setting, formats in SETTINGS.items():
-            if getattr(src, setting) != getattr(defaults, setting) and src.format not in formats:
-                out.append((f"{key}.{setting}", f"applies to format {' or '.join(formats)} only, "
-                                                f"not {src.format}"))
-        if src.instructions is not None and src.instructions not in POOLS:
-            near = difflib.get_close_matches(src.instructions, POOLS, n=1)
-            hint = f"did you mean '{near[0]}'? " if near else ""
-            out.append((f"{key}.instructions", f"unknown instruction pool '{src.instructions}': "
-                                               f"{hint}known: {', '.join(sorted(POOLS))}"))
-        name = src.name or Path(src.path).stem
-        if name in names:
-            out.append((f"{key}.name", f"two sources are named '{name}' (sources {names[name]} and "
-                                       f"{i}): give each a distinct name"))
-        names.setdefault(name, i)
     return out
 
 

@@ -3,3 +3,15 @@
 
 class UserError(RuntimeError):
     """Something about the input, the run directory or the environment that the user must change."""
+
+
+class RecipeError(UserError, ValueError):
+    """A recipe a user can fix; ``str()`` is one line per problem, ``problems`` the list.
+
+    A `UserError` (the CLI prints each problem as its own ``medtune: error:``
+    line, exit code 2) and a `ValueError` (what a bad value is).
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))

@@ -19,6 +19,14 @@ def medtune_cache(tmp_path_factory) -> Path:
     return cache
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/integration starts real ranks (or Slurm, MPI, ssh): marked ``slow``."""
+    integration = REPO / "tests" / "integration"
+    for item in items:
+        if integration in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
+
+
 def needs_shared_data():
     return pytest.mark.skipif(not SHARED_DATA.is_dir(),
                               reason=f"{SHARED_DATA} is absent (it sits beside the repo in CI)")

@@ -32,7 +32,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtune.config import DataConfig, RecipeError, SourceConfig
+from medtune.config import DataConfig, SourceConfig
+from medtune.errors import RecipeError
 from medtune.data import templates
 from medtune.data.formats import READERS, Malformed, Record, SourceError
 

@@ -356,24 +356,33 @@ def _balance(packs: list[list[int]], lengths: Sequence[int], by_length: dict[int
             continue  # p stays out of `worst` until a trade with another pack changes it
         in_row = 0
         _, _, h, l, out_h, out_l = best
-        picked: list[tuple[int, int, int]] = []  # all picked before any move
-        for src, dst, n in [(h, l, n) for n in out_h] + [(l, h, n) for n in out_l]:
-            taken = {i for _, _, i in picked}
-            picked.append((src, dst, next(i for i in reversed(packs[src])
-                                          if lengths[i] == n and i not in taken)))
-        for src, dst, i in picked:
-            packs[src].remove(i)
-            packs[dst].append(i)
-            tokens[src] -= lengths[i]
-            tokens[dst] += lengths[i]
-            cost[src] -= by_length[lengths[i]]
-            cost[dst] += by_length[lengths[i]]
+        _trade(packs, lengths, by_length, tokens, cost, h, l, out_h, out_l)
         for q in (h, l):
             version[q] += 1
             heapq.heappush(worst, (-abs(cost[q] - mean), q, version[q]))
             heapq.heappush(light, (cost[q], q, version[q]))
             heapq.heappush(heavy, (-cost[q], q, version[q]))
     return max(abs(c - mean) for c in cost) / mean if mean else 0.0
+
+
+def _trade(packs: list[list[int]], lengths: Sequence[int], by_length: dict[int, float], tokens: list[int],
+           cost: list[float], h: int, l: int, out_h: Sequence[int], out_l: Sequence[int]) -> None:
+    """Move samples of lengths `out_h` from pack `h` to `l` and of `out_l` from `l` to `h`, in place.
+
+    Each pack gives its last samples of each length; `tokens` and `cost` follow.
+    """
+    picked: list[tuple[int, int, int]] = []  # all picked before any move
+    for src, dst, n in [(h, l, n) for n in out_h] + [(l, h, n) for n in out_l]:
+        taken = {i for _, _, i in picked}
+        picked.append((src, dst, next(i for i in reversed(packs[src])
+                                      if lengths[i] == n and i not in taken)))
+    for src, dst, i in picked:
+        packs[src].remove(i)
+        packs[dst].append(i)
+        tokens[src] -= lengths[i]
+        tokens[dst] += lengths[i]
+        cost[src] -= by_length[lengths[i]]
+        cost[dst] += by_length[lengths[i]]
 
 
 def _best_trade(heavy: dict[int, int], light: dict[int, int], by_length: dict[int, float],

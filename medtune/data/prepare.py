@@ -30,10 +30,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtune.config import DataConfig, Recipe, RecipeError
+from medtune.config import DataConfig, Recipe
+from medtune.errors import RecipeError
 from medtune.data import mixture, templates, tokenize
 from medtune.data.formats import source_files
-from medtune.data.mixture import Sample, SourceStats, source_name
+from medtune.data.cache import cache_root, hash_path, sources_digest  # noqa: F401 (importable from here)
+from medtune.data.mixture import Sample, SourceStats
 from medtune.fsutil import locked
 
 DATA_VERSION = "2"  # bump when the cached columns or their meaning change
@@ -48,12 +50,6 @@ class Prepared:
     fingerprint: str
     stats: dict
     cache_hit: bool
-
-
-def cache_root(recipe: Recipe) -> Path:
-    if recipe.data.cache_dir:
-        return Path(recipe.data.cache_dir)
-    return Path(os.environ.get("MEDTUNE_CACHE", Path.home() / ".cache" / "medtune"))
 
 
 def prepare(recipe: Recipe, recipe_file: str = "recipe", log=print, model_context: bool = True) -> Prepared:
@@ -155,7 +151,7 @@ def fingerprint(recipe: Recipe, limit: SampleLimit | None = None) -> str:
     tok = Path(location(recipe))
     if tok.is_dir():
         for f in tokenizer_files(tok):
-            _hash_path(h, f)
+            hash_path(h, f)
     else:
         h.update(f"{tok}@{recipe.model.revision}".encode())
     return h.hexdigest()[:16]
@@ -170,24 +166,6 @@ def tokenizer_files(directory: Path) -> list[Path]:
     return sorted({f for pattern in _TOKENIZER_FILES for f in directory.glob(pattern) if f.is_file()})
 
 
-def sources_digest(recipe: Recipe) -> str:
-    """A hash of every source's settings and file bytes (hub ids: id and revision).
-
-    Names the tokenizer medtune trains from the data, so it depends on the
-    data alone: an upgrade of medtune's code never retrains it under a run.
-    """
-    h = hashlib.sha256()
-    for src in recipe.data.sources:
-        settings = {k: v for k, v in dataclasses.asdict(src).items() if k != "path"}
-        h.update(json.dumps([settings, source_name(src)], sort_keys=True).encode())
-        found = source_files(src.format, src.path, src.split)
-        if not found:  # a hub id
-            h.update(src.path.encode())
-        for f in found:
-            _hash_path(h, f)
-    return h.hexdigest()[:12]
-
-
 def _code_digest() -> str:
     """The data code's bytes: a change of reader, formatter or pool rebuilds the cache."""
     here = Path(__file__).resolve().parent
@@ -196,15 +174,6 @@ def _code_digest() -> str:
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def _hash_path(h, path: Path) -> None:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
 
 
 def _ensure_tokenizer(recipe: Recipe, recipe_file: str, root: Path):

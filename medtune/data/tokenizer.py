@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from medtune.config import Recipe
+from medtune.data.cache import cache_root, sources_digest
 
 
 def location(recipe: Recipe) -> str:
@@ -22,8 +23,6 @@ def location(recipe: Recipe) -> str:
     if m.tokenizer:
         return m.tokenizer
     if m.train_tokenizer is not None:
-        from medtune.data.prepare import cache_root, sources_digest
-
         return str(cache_root(recipe) / "tokenizers"
                    / f"spm{m.train_tokenizer.vocab_size}-{sources_digest(recipe)}")
     return m.name_or_path

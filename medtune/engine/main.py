@@ -4,17 +4,68 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 from medtune import comm, config, exitcodes
-from medtune.launcher.env import discover
+from medtune.launcher.env import RankEnv, discover
+
+
+@dataclass
+class Rank:
+    """Who this rank is and what it decided before any process group exists."""
+    recipe: config.Recipe
+    recipe_path: str
+    run: Path
+    me: RankEnv
+    say: Callable[[str], None]
+    stop: dict                 # {"signum": N}: set by SIGTERM/SIGUSR1 (see `_stop_on`)
+    on_gpu: bool
+    zplan: object              # comm.ZeroPlan
+    prepared: object           # data.prepare.Prepared
+    start: Path | None         # the checkpoint to resume from, or None (fresh)
+    state: object              # checkpoint.TrainerState to start with
+    universal: Path | None     # its universal form when the world size changed
+
+
+@dataclass
+class Training:
+    """What `build` returns and `_train` runs: the DeepSpeed engine and everything around it."""
+    engine: object             # deepspeed.DeepSpeedEngine
+    data: object               # trainer.PackedData
+    state: object              # checkpoint.TrainerState (the checkpoint's, when resuming)
+    kernels: object            # trainer.Kernels
+    perf: object               # metrics.Throughput
 
 
 def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bool = False) -> int:
-    """Build, resume, train, export and always clean up, on one rank."""
+    """Build, resume, train, export and always clean up, on one rank; the rank's exit code."""
+    r = _set_up(recipe_path, Path(run_dir), resume, allow_changed)
+    import deepspeed.comm as dist
+
+    _init_distributed(r)
+    log = None
+    try:
+        from medtune.engine.metrics import MetricsLog
+
+        t = build(r)
+        log = MetricsLog(r.run, r.me.rank, r.recipe.logging.tensorboard, resume_step=t.state.global_step)
+        return _train(r, t, log)
+    finally:
+        if log is not None:
+            try:
+                log.close()
+            except OSError as err:  # a full disk: the ranks must still leave together
+                r.say(f"closing the metrics logs failed ({err})")
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _set_up(recipe_path: str, run: Path, resume: str, allow_changed: bool) -> Rank:
+    """This rank's environment, ZeRO choices, data and resume plan: all before the process group."""
     recipe = config.load(recipe_path)
-    run = Path(run_dir)
     me = discover()
     os.environ.update(me.export())
     threads = recipe.launch.threads_per_proc or max(1, (os.cpu_count() or 1) // me.local_world)
@@ -41,14 +92,17 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
                                           me.world, say)
     if me.rank == 0:  # this run trains on: no longer finished until it ends again
         (run / checkpoint.FINISHED).unlink(missing_ok=True)
+    return Rank(recipe, recipe_path, run, me, say, stop, torch.cuda.is_available(), zplan, prepared,
+                start, state, universal)
 
+
+def _init_distributed(r: Rank) -> None:
+    """The process group: NCCL on GPUs, gloo on CPUs, with the recipe's collective timeout."""
     import deepspeed
-    import deepspeed.comm as dist
-    from transformers import set_seed
+    import torch
 
-    on_gpu = torch.cuda.is_available()
-    if on_gpu:
-        torch.cuda.set_device(me.local_rank)
+    if r.on_gpu:
+        torch.cuda.set_device(r.me.local_rank)
     else:
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce that only its
         # inference path uses: minutes of compiling on a fresh machine, and a /dev/shm
@@ -56,97 +110,108 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
         import deepspeed.ops
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False,
-                               timeout=timedelta(minutes=recipe.launch.timeout_minutes))
-    log = None
+    deepspeed.init_distributed(dist_backend="nccl" if r.on_gpu else "gloo", auto_mpi_discovery=False,
+                               timeout=timedelta(minutes=r.recipe.launch.timeout_minutes))
+
+
+def build(r: Rank) -> Training:
+    """Tokenizer, kernels, model, packed data, optimizer and DeepSpeed engine, resumed if planned.
+
+    Raises `RecipeError` when the tokenizer has more tokens than the model's
+    vocabulary, `UserError` when the recipe's kernels cannot run here or let
+    packed samples see each other.
+    """
+    import deepspeed
+    import torch
+    from transformers import set_seed
+
+    from medtune.data.tokenize import stop_token_ids
+    from medtune.data.tokenizer import load as load_tokenizer
+    from medtune.engine import checkpoint, model, trainer, zero
+    from medtune.engine.metrics import Throughput
+    from medtune.flops import FlopModel, peak_tflops
+
+    recipe, me, on_gpu, say, state = r.recipe, r.me, r.on_gpu, r.say, r.state
+    set_seed(recipe.train.seed)
+    tokenizer = load_tokenizer(recipe)
+    bf16 = recipe.model.dtype == "bf16" or (recipe.model.dtype == "auto" and on_gpu
+                                            and torch.cuda.is_bf16_supported())
+    hf_cfg = model.hf_config(recipe.model)
+    if len(tokenizer) > hf_cfg.vocab_size:
+        raise config.RecipeError([f"{r.recipe_path}: model: the tokenizer has {len(tokenizer)} tokens "
+                                  f"but the model's vocab_size is {hf_cfg.vocab_size}"])
+    ds_cfg = zero.build_config(recipe, me.world, hf_cfg.hidden_size, bf16,
+                               grad_accum=state.packs_per_step // me.world,
+                               load_universal=r.universal is not None, hpz=r.zplan.hpz)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    kernels = _kernels(recipe, torch.device("cuda" if on_gpu else "cpu"), dtype, model.head_dim(hf_cfg),
+                       hf_cfg)
+    say(f"attention: {kernels.attention.backend} ({kernels.attention.why}); loss head: {kernels.loss}")
+    _probe_isolation(hf_cfg, kernels.attention, torch.device("cuda" if on_gpu else "cpu"), dtype, say)
+    # the tokens that end a trained answer: the export's (and eval's) stop tokens
+    stop_ids = stop_token_ids(tokenizer, recipe.data.template)
+    net = model.build(recipe.model, ds_cfg, dtype, kernels.attention.implementation, tokenizer, stop_ids)
+    if me.rank == 0:
+        _write_run_files(r.run, ds_cfg, net, tokenizer, stop_ids)
+        comm.write_plan(r.run, r.zplan)
     try:
-        from medtune.data.tokenize import stop_token_ids
-        from medtune.data.tokenizer import load as load_tokenizer
-        from medtune.engine import export, model, trainer, zero
-        from medtune.engine.metrics import MetricsLog, Throughput
-        from medtune.flops import FlopModel, peak_tflops
+        flop_model = FlopModel.from_model(hf_cfg)
+    except ValueError as err:  # a model whose FLOPs medtune cannot count: said, not guessed
+        flop_model = None
+        say(f"FLOPs: {err}")
+    data = trainer.PackedData.build(r.prepared.dataset, recipe.data.max_tokens,
+                                    tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                    else tokenizer.eos_token_id, flop_model)
+    optimizer = torch.optim.AdamW(model.param_groups(net, recipe.train.weight_decay),
+                                  lr=recipe.train.lr, betas=recipe.train.adam_betas,
+                                  eps=recipe.train.adam_eps, fused=on_gpu or None)
+    steps = trainer.total_steps(recipe, data, state.packs_per_step)
+    engine, *_ = deepspeed.initialize(model=net, optimizer=optimizer, config=ds_cfg,
+                                      lr_scheduler=_scheduler(recipe, steps))
+    if r.start is not None:
+        fresh = state
+        state = checkpoint.load(engine, r.start, r.universal, me.rank)
+        state.world, state.recipe, state.data_fingerprint = me.world, fresh.recipe, fresh.data_fingerprint
+    if recipe.logging.comm_log:
+        from medtune.engine.comm_log import record_steps
 
-        set_seed(recipe.train.seed)
-        tokenizer = load_tokenizer(recipe)
-        bf16 = recipe.model.dtype == "bf16" or (recipe.model.dtype == "auto" and on_gpu
-                                                and torch.cuda.is_bf16_supported())
-        hf_cfg = model.hf_config(recipe.model)
-        if len(tokenizer) > hf_cfg.vocab_size:
-            raise config.RecipeError([f"{recipe_path}: model: the tokenizer has {len(tokenizer)} tokens "
-                                      f"but the model's vocab_size is {hf_cfg.vocab_size}"])
-        ds_cfg = zero.build_config(recipe, me.world, hf_cfg.hidden_size, bf16,
-                                   grad_accum=state.packs_per_step // me.world,
-                                   load_universal=universal is not None, hpz=zplan.hpz)
-        dtype = torch.bfloat16 if bf16 else torch.float32
-        kernels = _kernels(recipe, torch.device("cuda" if on_gpu else "cpu"), dtype, model.head_dim(hf_cfg),
-                           hf_cfg)
-        say(f"attention: {kernels.attention.backend} ({kernels.attention.why}); loss head: {kernels.loss}")
-        _probe_isolation(hf_cfg, kernels.attention, torch.device("cuda" if on_gpu else "cpu"), dtype, say)
-        # the tokens that end a trained answer: the export's (and eval's) stop tokens
-        stop_ids = stop_token_ids(tokenizer, recipe.data.template)
-        net = model.build(recipe.model, ds_cfg, dtype, kernels.attention.implementation, tokenizer, stop_ids)
-        if me.rank == 0:
-            _write_run_files(run, ds_cfg, net, tokenizer, stop_ids)
-            comm.write_plan(run, zplan)
+        record_steps(engine, r.run, me.rank, state.global_step)
+    perf = Throughput(me.world, None if flop_model is None else recipe.logging.peak_tflops
+                      or (peak_tflops(torch.cuda.get_device_name()) if on_gpu else None))
+    return Training(engine, data, state, kernels, perf)
+
+
+def _train(r: Rank, t: Training, log) -> int:
+    """Train to the end (or a stop), save, export and mark the run finished; the exit code."""
+    from medtune.engine import checkpoint, export, trainer
+
+    recipe, rank, run, state = r.recipe, r.me.rank, r.run, t.state
+
+    def save(s):
+        return checkpoint.save(t.engine, run, s, rank, recipe.train.keep_last)
+
+    ended = trainer.run(t.engine, t.data, recipe, rank, r.me.world, state, log, save,
+                        lambda: r.stop["signum"] != 0, r.say, t.kernels, t.perf)
+    if ended == "signal":
+        return exitcodes.PREEMPTED
+    if ended == "bad_loss":
+        return exitcodes.BAD_LOSS
+    final = save(state)
+    if recipe.train.export:
+        ids, logits = trainer.probe_logits(t.engine, t.data, t.kernels.attention)
+        export.gather_and_save(t.engine, run, run / "export", rank)
+        if rank == 0:
+            from safetensors.torch import save_file
+
+            save_file({"input_ids": ids, "logits": logits}, str(run / "probe.safetensors"))
+            r.say(f"export written and verified: {run / 'export'}")
+    if rank == 0:
         try:
-            flop_model = FlopModel.from_model(hf_cfg)
-        except ValueError as err:  # a model whose FLOPs medtune cannot count: said, not guessed
-            flop_model = None
-            say(f"FLOPs: {err}")
-        data = trainer.PackedData.build(prepared.dataset, recipe.data.max_tokens,
-                                        tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                        else tokenizer.eos_token_id, flop_model)
-        optimizer = torch.optim.AdamW(model.param_groups(net, recipe.train.weight_decay),
-                                      lr=recipe.train.lr, betas=recipe.train.adam_betas,
-                                      eps=recipe.train.adam_eps, fused=on_gpu or None)
-        steps = trainer.total_steps(recipe, data, state.packs_per_step)
-        engine, *_ = deepspeed.initialize(model=net, optimizer=optimizer, config=ds_cfg,
-                                          lr_scheduler=_scheduler(recipe, steps))
-        if start is not None:
-            fresh = state
-            state = checkpoint.load(engine, start, universal, me.rank)
-            state.world, state.recipe, state.data_fingerprint = me.world, fresh.recipe, fresh.data_fingerprint
-        if recipe.logging.comm_log:
-            from medtune.engine.comm_log import record_steps
-
-            record_steps(engine, run, me.rank, state.global_step)
-        log = MetricsLog(run, me.rank, recipe.logging.tensorboard, resume_step=state.global_step)
-
-        def save(s):
-            return checkpoint.save(engine, run, s, me.rank, recipe.train.keep_last)
-
-        perf = Throughput(me.world, None if flop_model is None else recipe.logging.peak_tflops
-                          or (peak_tflops(torch.cuda.get_device_name()) if on_gpu else None))
-        ended = trainer.run(engine, data, recipe, me.rank, me.world, state, log, save,
-                            lambda: stop["signum"] != 0, say, kernels, perf)
-        if ended == "signal":
-            return exitcodes.PREEMPTED
-        if ended == "bad_loss":
-            return exitcodes.BAD_LOSS
-        final = save(state)
-        if recipe.train.export:
-            ids, logits = trainer.probe_logits(engine, data, kernels.attention)
-            export.gather_and_save(engine, run, run / "export", me.rank)
-            if me.rank == 0:
-                from safetensors.torch import save_file
-
-                save_file({"input_ids": ids, "logits": logits}, str(run / "probe.safetensors"))
-                say(f"export written and verified: {run / 'export'}")
-        if me.rank == 0:
-            try:
-                checkpoint.mark_finished(run, final, state.global_step,
-                                         run / "export" if recipe.train.export else None)
-            except OSError as err:  # the run is done all the same; a rerun would resume and re-export
-                say(f"recording that the run finished failed ({err})")
-        return exitcodes.OK
-    finally:
-        if log is not None:
-            try:
-                log.close()
-            except OSError as err:  # a full disk: the ranks must still leave together
-                say(f"closing the metrics logs failed ({err})")
-        dist.barrier()
-        dist.destroy_process_group()
+            checkpoint.mark_finished(run, final, state.global_step,
+                                     run / "export" if recipe.train.export else None)
+        except OSError as err:  # the run is done all the same; a rerun would resume and re-export
+            r.say(f"recording that the run finished failed ({err})")
+    return exitcodes.OK
 
 
 def _kernels(recipe: config.Recipe, device, dtype, head_dim: int, hf_cfg=None):
@@ -263,9 +328,9 @@ def _say(rank: int):
 
 
 if __name__ == "__main__":
-    from medtune.cli import rank_entry
+    from medtune.engine.entry import run
 
-    code = rank_entry(sys.argv[1:])
+    code = run(sys.argv[1:], main)
     # Everything is written, closed and the process group destroyed: leave
     # without running C++ static destructors, where a communication thread
     # still joinable at exit sometimes aborts a finished rank ("terminate

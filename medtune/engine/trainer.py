@@ -190,13 +190,7 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
             bad = engine.skipped_steps > skipped or not math.isfinite(loss)
             samples = sorted(i for p in in_step for i in data.packs[p])
             log.order(state.global_step + 1, state.epoch, samples)
-            state.global_step += 1
-            state.consumed_samples += len(samples)
-            state.step_in_epoch += 1
-            if state.step_in_epoch == len(plan):
-                state.epoch, state.step_in_epoch = state.epoch + 1, 0
-            state.bad_steps_in_row = state.bad_steps_in_row + 1 if bad else 0
-            state.skipped_steps += int(bad)
+            _advance(state, len(samples), len(plan), bad)
             tokens = sum(data.pack_tokens[p] for p in in_step)
             speed = perf.step(tokens, sum(data.pack_flops[p] for p in in_step), elapsed)
             if perf.first_step:  # optimizer states exist from the first step on
@@ -232,6 +226,17 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
     finally:
         bar.close()
         say(perf.summary())
+
+
+def _advance(state: TrainerState, samples: int, steps_in_epoch: int, bad: bool) -> None:
+    """Count one optimizer step of `samples` samples in `state`: its position and bad-step streak."""
+    state.global_step += 1
+    state.consumed_samples += samples
+    state.step_in_epoch += 1
+    if state.step_in_epoch == steps_in_epoch:
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+    state.bad_steps_in_row = state.bad_steps_in_row + 1 if bad else 0
+    state.skipped_steps += int(bad)
 
 
 @torch.no_grad()

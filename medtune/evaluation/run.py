@@ -108,7 +108,7 @@ def _load_sets(recipe: sets.EvalRecipe, recipe_file: str, limit: int | None,
     chosen = [s for s in recipe.sets if not only or sets.set_name(s) in only]
     missing = set(only or ()) - {sets.set_name(s) for s in recipe.sets}
     if missing:
-        from medtune.config import RecipeError
+        from medtune.errors import RecipeError
         raise RecipeError([f"--sets: {', '.join(sorted(missing))} not in {recipe_file}; its sets are "
                            f"{', '.join(sets.set_name(s) for s in recipe.sets)}"])
     return [(s, *sets.read_set(s, recipe.mixture_seed, limit)) for s in chosen]
@@ -224,28 +224,8 @@ def read_generations(path: Path, loaded: list) -> list:
         if len(keys) != 1 or not isinstance(row[keys[0]], str):
             raise UserError(f"{where}: give the generated text as exactly one string key of "
                             f"{', '.join(ANSWER_KEYS)} (found {', '.join(keys) or 'none'})")
-        index = row.get("index", row.get("id"))
         taken = answers.setdefault(name, {})
-        if index is not None:
-            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(samples):
-                raise UserError(f"{where}: index = {index!r}: set {name} has records 0..{len(samples) - 1} "
-                                "here (after any limit)")
-        elif isinstance(row.get("input"), str):
-            if name not in by_input:
-                by_input[name] = {}
-                for x in samples:
-                    by_input[name].setdefault(" ".join(x.record.input.split()), []).append(x.index)
-            same = by_input[name].get(" ".join(row["input"].split()), [])
-            free = [i for i in same if i not in taken]
-            if not free:
-                raise UserError(f"{where}: input matches no {'other ' if same else ''}record of set {name}")
-            index = free[0]
-        else:
-            free = [x.index for x in samples if x.index not in taken]
-            if not free:
-                raise UserError(f"{where}: set {name} has {len(samples)} records and all are answered "
-                                "already (give `index` or `input` to say which record a line answers)")
-            index = free[0]
+        index = _record_index(row, where, name, samples, taken, by_input)
         if index in taken:
             raise UserError(f"{where}: set {name} record {index} already answered on line {taken[index][1]}")
         gold = next((row[k] for k in GOLD_KEYS if k in row), None)
@@ -266,6 +246,36 @@ def read_generations(path: Path, loaded: list) -> list:
         out.append((s, samples, malformed, [got[x.index][0] for x in samples]))
     order = list(by_name)
     return sorted(out, key=lambda t: order.index(sets.set_name(t[0])))
+
+
+def _record_index(row: dict, where: str, name: str, samples: list, taken: dict, by_input: dict) -> int:
+    """Which record of set `name` the generations line `row` answers (see `read_generations`).
+
+    ``index``/``id`` as given; else the first record not in `taken` whose input
+    equals ``input`` (whitespace normalised; `by_input` caches each set's inputs);
+    else the set's first record not in `taken`. Raises UserError naming `where`.
+    """
+    index = row.get("index", row.get("id"))
+    if index is not None:
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(samples):
+            raise UserError(f"{where}: index = {index!r}: set {name} has records 0..{len(samples) - 1} "
+                            "here (after any limit)")
+        return index
+    if isinstance(row.get("input"), str):
+        if name not in by_input:
+            by_input[name] = {}
+            for x in samples:
+                by_input[name].setdefault(" ".join(x.record.input.split()), []).append(x.index)
+        same = by_input[name].get(" ".join(row["input"].split()), [])
+        free = [i for i in same if i not in taken]
+        if not free:
+            raise UserError(f"{where}: input matches no {'other ' if same else ''}record of set {name}")
+        return free[0]
+    free = [x.index for x in samples if x.index not in taken]
+    if not free:
+        raise UserError(f"{where}: set {name} has {len(samples)} records and all are answered "
+                        "already (give `index` or `input` to say which record a line answers)")
+    return free[0]
 
 
 def score(generations: str | Path, recipe: sets.EvalRecipe, out: Path, recipe_file: str = "",

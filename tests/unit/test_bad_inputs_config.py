@@ -169,6 +169,7 @@ NO_HUB = [("offline", {"HF_HUB_OFFLINE": "1"}, "and HF_HUB_OFFLINE is set"),
            "and the hub http://127.0.0.1:9 cannot be reached (")]
 
 
+@pytest.mark.slow  # a `medtune train` process of its own
 @pytest.mark.parametrize("case,env,why", NO_HUB, ids=[c[0] for c in NO_HUB])
 def test_uncached_hub_model_without_a_hub_is_one_line_within_seconds(tmp_path, case, env, why):
     """Was: 89 lines of traceback after 62 s of retries, on every rank."""
