@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
