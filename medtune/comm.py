@@ -365,15 +365,10 @@ def _tensors(out):
 
 
 def _shrunk(cfg) -> dict:
-    """The config with every width shrunk (layer count and structure kept)."""
-    d = cfg.to_dict()
-    heads = 2
-    kv = 1 if (d.get("num_key_value_heads") or d["num_attention_heads"]) < d["num_attention_heads"] else 2
-    d.update(hidden_size=16, intermediate_size=16, num_attention_heads=heads, num_key_value_heads=kv,
-             vocab_size=64, head_dim=8)
-    for key in ("torch_dtype", "dtype", "_name_or_path", "architectures", "transformers_version"):
-        d.pop(key, None)
-    return d
+    """The config with every width shrunk to 16 (layer count and structure kept)."""
+    from medtune.families import shrunk
+
+    return shrunk(cfg, hidden=16, heads=2, head_dim=8, vocab=64)
 
 
 @dataclass(frozen=True)

@@ -82,3 +82,33 @@ PUBLISHED: dict[str, dict] = {
 PUBLISHED["meta-llama/Llama-2-7b-chat-hf"] = PUBLISHED["meta-llama/Llama-2-7b-hf"]
 PUBLISHED["meta-llama/Llama-2-13b-chat-hf"] = PUBLISHED["meta-llama/Llama-2-13b-hf"]
 PUBLISHED["meta-llama/Llama-3.1-8B-Instruct"] = PUBLISHED["meta-llama/Llama-3.1-8B"]
+
+
+def shrunk(cfg, *, hidden: int, heads: int, head_dim: int, vocab: int, intermediate: int | None = None,
+           layers: int | None = None, **extra) -> dict:
+    """`cfg` (a transformers config) as the keyword arguments of a tiny copy of its architecture.
+
+    Every width shrinks to the numbers given (``intermediate`` defaults to
+    `hidden`); grouped-query attention stays grouped (``heads // 2`` KV
+    heads) and multi-head stays multi-head. The layer count and structure
+    are kept unless `layers` is given, then a ``layer_types`` list is cut to
+    match. Dtype, hub names and quantization are dropped; `extra` keys are
+    set last. ``AutoConfig.for_model(**shrunk(cfg, ...))`` builds it. Used
+    where medtune runs a model's own code to learn something about it: the
+    communication simulator's call order (`medtune.comm`), the chunked head's
+    logit check (`medtune.kernels.loss`) and the start-up isolation probe
+    (`medtune.kernels.isolation`).
+    """
+    d = cfg.to_dict()
+    grouped = (d.get("num_key_value_heads") or d["num_attention_heads"]) < d["num_attention_heads"]
+    d.update(hidden_size=hidden, intermediate_size=intermediate or hidden, num_attention_heads=heads,
+             num_key_value_heads=heads // 2 if grouped else heads, head_dim=head_dim, vocab_size=vocab)
+    if layers is not None:
+        d["num_hidden_layers"] = min(layers, d.get("num_hidden_layers") or layers)
+        if isinstance(d.get("layer_types"), list):
+            d["layer_types"] = d["layer_types"][:d["num_hidden_layers"]]
+    for key in ("torch_dtype", "dtype", "_name_or_path", "architectures", "transformers_version",
+                "quantization_config", "auto_map"):
+        d.pop(key, None)
+    d.update(extra)
+    return d

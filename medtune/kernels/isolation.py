@@ -20,7 +20,6 @@ build the tiny model inside ``zero.Init``).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +28,10 @@ from medtune.errors import UserError
 
 LENGTHS = (7, 1, 11)
 """Samples of the probe row: a one-token sample and a row shorter than any sliding window."""
+_SIZES = dict(hidden=64, intermediate=128, heads=4, head_dim=16, vocab=256)
 _TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16, vocab_size=256, initializer_range=0.2)
+"""The probe's Llama, for a family whose config cannot be shrunk or built."""
 # bf16/fp16 round each logit to ~3 significant digits; a leak moves them by tenths
 _TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 _LOW_PRECISION_TOLERANCE = 3e-2
@@ -58,27 +59,30 @@ class IsolationError(UserError):
 def tiny_config(hf_config):
     """A two-layer, 64-wide copy of `hf_config` (same family, windows and soft-caps kept).
 
-    Layer-type lists (Gemma-3's local/global pattern, Qwen's ``layer_types``)
-    are cut to the two layers kept. Raises nothing: a family whose config
+    Shrunk by `medtune.families.shrunk` (layer-type lists such as Gemma-3's
+    local/global pattern cut to the two layers kept); a sliding window
+    shorter than the probe's longest sample is widened to it (the probe
+    checks isolation, not the window). Raises nothing: a family whose config
     cannot be shrunk gets a tiny Llama (`probe` says so in its result).
     """
     from transformers import AutoConfig
 
-    cfg = copy.deepcopy(hf_config.to_dict())
-    for key in ("quantization_config", "auto_map", "_name_or_path", "architectures", "torch_dtype", "dtype"):
-        cfg.pop(key, None)
-    model_type = cfg.pop("model_type", "llama")
-    cfg.update(_TINY)
-    if isinstance(cfg.get("layer_types"), list):
-        cfg["layer_types"] = cfg["layer_types"][: _TINY["num_hidden_layers"]]
-    window = cfg.get("sliding_window")
-    if isinstance(window, int) and window < max(LENGTHS):
-        cfg["sliding_window"] = max(LENGTHS)  # the probe checks isolation, not the window
-    cfg["use_cache"] = False
+    from medtune.families import shrunk
+
     try:
-        return AutoConfig.for_model(model_type, **cfg)
+        cfg = shrunk(hf_config, **_SIZES, layers=2, initializer_range=0.2, use_cache=False)
+        window = cfg.get("sliding_window")
+        if isinstance(window, int) and window < max(LENGTHS):
+            cfg["sliding_window"] = max(LENGTHS)
+        return AutoConfig.for_model(**cfg)
     except Exception:  # noqa: BLE001 (an exotic config: fall back to a family transformers surely has)
-        return AutoConfig.for_model("llama", **_TINY)
+        return _tiny_llama()
+
+
+def _tiny_llama():
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model("llama", **_TINY)
 
 
 def probe(hf_config, implementation: str, inputs_for, device, dtype) -> ProbeResult:
@@ -100,9 +104,7 @@ def probe(hf_config, implementation: str, inputs_for, device, dtype) -> ProbeRes
         try:
             net = AutoModelForCausalLM.from_config(cfg, attn_implementation=implementation, dtype=dtype)
         except Exception:  # noqa: BLE001 (a family the tiny shape does not suit)
-            from transformers import AutoConfig
-
-            cfg = AutoConfig.for_model("llama", **_TINY)
+            cfg = _tiny_llama()
             net = AutoModelForCausalLM.from_config(cfg, attn_implementation=implementation, dtype=dtype)
         net = net.to(device).eval()
         ids = torch.randint(3, cfg.vocab_size, (sum(LENGTHS),))

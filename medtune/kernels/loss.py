@@ -268,18 +268,15 @@ def chunked_refusal(cfg) -> str | None:
     `LogitTransform` knows the transforms of the families transformers ships
     today; a model whose forward does something else to its logits must not
     silently train on another loss. The architecture is built shrunk (width
-    16, two layers, `medtune.comm`'s shrinking, weights of scale 1 so a
+    16, two layers, `medtune.families.shrunk`, weights of scale 1 so a
     soft-cap bites) on the CPU, and its own logits are compared with
     ``transform(hidden @ W.T)`` on 8 tokens. Takes a second or two.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from medtune.comm import _shrunk
+    from medtune.families import shrunk
 
-    small = _shrunk(cfg)
-    small.update(num_hidden_layers=min(2, small.get("num_hidden_layers") or 2), initializer_range=1.0)
-    if isinstance(small.get("layer_types"), list):
-        small["layer_types"] = small["layer_types"][:small["num_hidden_layers"]]
+    small = shrunk(cfg, hidden=16, heads=2, head_dim=8, vocab=64, layers=2, initializer_range=1.0)
     tiny_cfg = AutoConfig.for_model(**small)
     torch.manual_seed(0)
     net = AutoModelForCausalLM.from_config(tiny_cfg, attn_implementation="eager").eval()
