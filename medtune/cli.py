@@ -12,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from medtune import config, exitcodes
-from medtune.errors import UserError
+from medtune import config
+from medtune.base import exitcodes
+from medtune.base.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -194,11 +195,11 @@ def _run_overrides(args) -> list[str]:
 def _check_zero(args, recipe: config.Recipe, world: int, has_gpu: bool | None) -> None:
     """``zero.hierarchy``, ``zero.quantized_*`` and ``zero.deepspeed_config`` before any rank starts
     (every rank checks again)."""
-    from medtune import comm
+    from medtune.engine import hierarchy
     from medtune.engine import zero
 
     overridden = {o.split("=", 1)[0] for o in args.overrides}
-    found = comm.problems(recipe, lambda key: config.COMMAND_LINE if key in overridden else args.recipe,
+    found = hierarchy.problems(recipe, lambda key: config.COMMAND_LINE if key in overridden else args.recipe,
                           world, has_gpu)
     where = config.COMMAND_LINE if "zero.deepspeed_config" in overridden else args.recipe
     try:
@@ -211,8 +212,8 @@ def _check_zero(args, recipe: config.Recipe, world: int, has_gpu: bool | None) -
 
 
 def _check_locations(args, recipe: config.Recipe, weights: bool = True) -> None:
-    """A hub model or tokenizer that is neither cached nor reachable, before any work (`medtune.locations`)."""
-    from medtune import locations
+    """A hub model or tokenizer that is neither cached nor reachable, before any work (`medtune.models.locations`)."""
+    from medtune.models import locations
 
     overridden = {o.split("=", 1)[0] for o in args.overrides}
     found = [f"{config.COMMAND_LINE if key in overridden else args.recipe}: {key}: {msg}"
@@ -226,7 +227,7 @@ def _check_kernels(args, recipe: config.Recipe) -> None:
     k = recipe.kernels
     if k.attention == "auto" and k.loss == "standard":
         return
-    from medtune.engine.model import hf_config
+    from medtune.models.configs import hf_config
     from medtune.kernels.attention import model_features, refusal
     from medtune.kernels.loss import chunked_refusal
 
@@ -379,23 +380,26 @@ def _slurm(args) -> int:
 
 
 def _plan(args) -> int:
-    from medtune import comm, plan
+    from medtune.engine import hierarchy
+    from medtune.planning import comm
+    from medtune.models import configs
+    from medtune.planning import memory
 
     recipe = config.load(args.recipe, args.overrides, check_files=False)
     if args.nodes < 1 or args.gpus_per_node < 1:
         raise UserError("--nodes and --gpus-per-node must be at least 1")
     if args.inter_node_gbps <= 0 or (args.intra_node_gbps or 1) <= 0 or not 0 < args.mfu <= 1:
         raise UserError("--inter-node-gbps and --intra-node-gbps must be above 0, --mfu in (0, 1]")
-    cfg = plan.load_config(recipe.model)
-    shape = plan.model_shape(cfg)
-    print(plan.table(recipe, shape, args.nodes, args.gpus_per_node,
+    cfg = configs.load_config(recipe.model)
+    shape = memory.model_shape(cfg)
+    print(memory.table(recipe, shape, args.nodes, args.gpus_per_node,
                      args.gpu_mem or comm.GPU_MEMORY_GIB[args.gpu]))
     links = comm.Links(args.nodes, args.gpus_per_node, args.inter_node_gbps,
                        args.intra_node_gbps or comm.NVLINK_GBPS[args.gpu])
     cp = comm.plan(recipe, cfg, links, args.gpu, args.mfu)
     print()
     print(comm.table(cp))
-    for line in comm.problems(recipe, args.recipe, links.world, None, ranks_per_node=args.gpus_per_node):
+    for line in hierarchy.problems(recipe, args.recipe, links.world, None, ranks_per_node=args.gpus_per_node):
         print(f"note: {line}")
     if args.json:
         Path(args.json).write_text(json.dumps(comm.to_json(cp), indent=2))
@@ -403,7 +407,7 @@ def _plan(args) -> int:
 
 
 def _doctor(args) -> int:
-    from medtune import doctor
+    from medtune.launcher import doctor
 
     found = doctor.checks(Path(args.hostfile) if args.hostfile else None)
     print(doctor.table(found))

@@ -28,7 +28,7 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
-from medtune.errors import RecipeError  # noqa: F401 (medtune.config.RecipeError, as before)
+from medtune.base.errors import RecipeError  # noqa: F401 (medtune.config.RecipeError, as before)
 
 RECIPES_ROOT = Path(__file__).resolve().parent.parent / "recipes"
 COMMAND_LINE = "command line"
@@ -56,7 +56,7 @@ class ModelConfig:
     from scratch; used instead of ``name_or_path`` for tiny test models."""
     family: str | None = None
     """Optional label: the model's transformers ``model_type`` (llama, gemma2, ...).
-    Any causal LM transformers has trains, listed in ``medtune.families`` or not;
+    Any causal LM transformers has trains, listed in ``medtune.models.families`` or not;
     with an inline ``config`` its ``model_type`` must agree."""
     tokenizer: str | None = None
     """Tokenizer hub id or directory; defaults to ``name_or_path``."""
@@ -350,8 +350,9 @@ CHECKS: list = []
 """Checks that need a part's knowledge, registered by that part (`register_check`):
 ``check(recipe, check_files) -> [(dotted key, message), ...]``, run by `validate`
 among its cross-field rules. `medtune.data.checks` registers the sources' readers,
-files, settings and instruction pools; ``medtune/__init__.py`` imports it, so the
-checks are in place whenever any medtune module is."""
+files, settings and instruction pools, `medtune.models.checks` the model family;
+``medtune/__init__.py`` imports both, so the checks are in place whenever any
+medtune module is."""
 
 
 def register_check(check):
@@ -375,12 +376,6 @@ def _cross_checks(r: Recipe, check_files: bool = True) -> list[tuple[str, str]]:
     if (m.name_or_path is None) == (m.config is None):
         out.append(("model", "give exactly one of model.name_or_path (hub id or directory) "
                              "or model.config (an inline config for a model built from scratch)"))
-    from medtune.families import FAMILIES  # pure Python
-
-    if m.family and m.config and m.config.get("model_type") not in (
-            m.family, getattr(FAMILIES.get(m.family), "model_type", m.family)):
-        out.append(("model.config", f"model_type {m.config.get('model_type')!r} is not of family "
-                                    f"{m.family} (leave model.family out: it is optional)"))
     if m.config is not None and "model_type" not in m.config:
         out.append(("model.config", "an inline config needs model_type (e.g. llama, mistral, qwen2)"))
     if m.config is not None and m.tokenizer is None and m.train_tokenizer is None:
@@ -736,6 +731,6 @@ def to_dict(recipe: Recipe) -> dict:
 
 def dump(recipe: Recipe, path: str | os.PathLike) -> None:
     """Write the resolved recipe atomically; `load` of the result gives the same recipe."""
-    from medtune.fsutil import write_atomic
+    from medtune.base.fsutil import write_atomic
 
     write_atomic(Path(path), yaml.safe_dump(to_dict(recipe), sort_keys=False))

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune.config import DataConfig, SourceConfig
-from medtune.errors import RecipeError
+from medtune.base.errors import RecipeError
 from medtune.data import templates
 from medtune.data.formats import READERS, Malformed, Record, SourceError
 

@@ -2,7 +2,7 @@
 
 A sample is never split, no pack exceeds ``max_tokens``, and the result
 depends only on the arguments. A pack's cost is the sum of its samples'
-``cost(length)``: FLOPs from ``medtune.flops.FlopModel.sample`` (linear in
+``cost(length)``: FLOPs from ``medtune.models.flops.FlopModel.sample`` (linear in
 tokens plus the quadratic attention term), or tokens when no cost is given.
 The pack count starts at the lower bound ``ceil(total / max_tokens)``; with
 a FLOP cost it may add the free room that packs of long, attention-heavy

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medtune.config import DataConfig, Recipe
-from medtune.errors import RecipeError
+from medtune.base.errors import RecipeError
 from medtune.data import mixture, templates, tokenize
 from medtune.data.formats import source_files
 from medtune.data.cache import cache_root, hash_path, sources_digest  # noqa: F401 (importable from here)
 from medtune.data.mixture import Sample, SourceStats
-from medtune.fsutil import locked
+from medtune.base.fsutil import locked
 
 DATA_VERSION = "2"  # bump when the cached columns or their meaning change
 COLUMNS = ("input_ids", "labels", "length", "n_labels", "source", "task")
@@ -113,12 +113,12 @@ class SampleLimit:
 def sample_limit(recipe: Recipe, recipe_file: str = "recipe") -> SampleLimit:
     """The per-sample token limit of `recipe`; see `SampleLimit`.
 
-    The model's config is read as `medtune.plan.load_config` reads it: the
+    The model's config is read as `medtune.configs.load_config` reads it: the
     inline ``model.config``, a directory's ``config.json``, or a hub id's
     (cached, else medtune's published numbers, else downloaded). Raises
     `RecipeError` when it cannot be read.
     """
-    from medtune.plan import load_config
+    from medtune.models.configs import load_config
 
     d = recipe.data
     try:

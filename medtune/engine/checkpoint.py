@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medtune.errors import UserError
-from medtune.fsutil import locked, write_atomic
+from medtune.base.errors import UserError
+from medtune.base.fsutil import locked, write_atomic
 
 MARKER = "COMPLETE"
 FINISHED = "finished.json"

@@ -7,7 +7,7 @@
 
 ``bytes`` sums each call's message size as the comms logger measures it,
 the call's input tensor: an all-gather's shard, a reduce-scatter's whole
-tensor (`medtune.comm` predicts the same quantity). A step counts what ran
+tensor (`medtune.planning.comm` predicts the same quantity). A step counts what ran
 since the previous optimizer step ended: its forwards, backwards and the
 optimizer step itself; the loss all-reduce and any checkpoint written
 after a step land in the next one.
@@ -77,5 +77,5 @@ def read(run_dir: Path, rank: int = 0) -> list[dict]:
 
 
 def step_bytes(record: dict, ops: tuple[str, ...]) -> int:
-    """Bytes of one step's record over the named ops (e.g. `medtune.comm.ALL_GATHER_OPS`)."""
+    """Bytes of one step's record over the named ops (e.g. `medtune.planning.comm.ALL_GATHER_OPS`)."""
     return int(sum(record["ops"].get(op, {}).get("bytes", 0) for op in ops))

@@ -2,7 +2,7 @@
 
 Every rank parses these few arguments here, not through `medtune.cli` (the
 engine never imports the command line), runs `medtune.engine.main.main` and
-turns a user error into one line and an exit code (`medtune.exitcodes`).
+turns a user error into one line and an exit code (`medtune.base.exitcodes`).
 """
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import argparse
 import sys
 from typing import Callable
 
-from medtune import config, exitcodes
-from medtune.errors import UserError
+from medtune import config
+from medtune.base import exitcodes
+from medtune.base.errors import UserError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

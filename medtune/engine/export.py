@@ -19,28 +19,14 @@ from pathlib import Path
 
 import torch
 
-from medtune.errors import UserError
+from medtune.base.errors import UserError
+from medtune.models.configs import special_token_ids
 
 HF_DIR = "hf"  # RUN_DIR/hf: config, generation config and tokenizer, written at start
 
 
 class ExportError(UserError):
     """An export that would not load, or would load as the wrong model."""
-
-
-def special_token_ids(tokenizer, stop_ids=()) -> dict:
-    """The ``bos_token_id``/``eos_token_id``/``pad_token_id`` a config and generation config carry.
-
-    bos and pad are the tokenizer's (``None`` where it has none). eos is the
-    tokenizer's EOS followed by every other id in `stop_ids` (the tokens that
-    end a trained answer, `medtune.data.tokenize.stop_token_ids`): an int when
-    that is one id, a list otherwise, the form transformers' `GenerationConfig`
-    takes for several stop tokens (as Llama 3.1 Instruct's export writes it).
-    """
-    eos = list(dict.fromkeys(i for i in (tokenizer.eos_token_id, *stop_ids) if i is not None))
-    return {"bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": (eos[0] if len(eos) == 1 else eos) if eos else None,
-            "pad_token_id": tokenizer.pad_token_id}
 
 
 def write_hf_dir(hf_dir: Path, net, tokenizer, stop_ids=()) -> None:

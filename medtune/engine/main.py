@@ -9,8 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
-from medtune import comm, config, exitcodes
-from medtune.launcher.env import RankEnv, discover
+from medtune import config
+from medtune.engine import hierarchy
+from medtune.base import exitcodes
+from medtune.base.ranks import RankEnv, discover
 
 
 @dataclass
@@ -23,7 +25,7 @@ class Rank:
     say: Callable[[str], None]
     stop: dict                 # {"signum": N}: set by SIGTERM/SIGUSR1 (see `_stop_on`)
     on_gpu: bool
-    zplan: object              # comm.ZeroPlan
+    zplan: object              # hierarchy.ZeroPlan
     prepared: object           # data.prepare.Prepared
     start: Path | None         # the checkpoint to resume from, or None (fresh)
     state: object              # checkpoint.TrainerState to start with
@@ -79,7 +81,7 @@ def _set_up(recipe_path: str, run: Path, resume: str, allow_changed: bool) -> Ra
     torch.set_num_threads(threads)
     say = _say(me.rank)
     # zero.hierarchy / zero.quantized_* for this world and device, refused before any work
-    zplan = comm.resolve(recipe, me.world, torch.cuda.is_available(), where=recipe_path)
+    zplan = hierarchy.resolve(recipe, me.world, torch.cuda.is_available(), where=recipe_path)
     say(zplan.describe())
 
     from medtune.data.prepare import prepare
@@ -128,15 +130,16 @@ def build(r: Rank) -> Training:
     from medtune.data.tokenize import stop_token_ids
     from medtune.data.tokenizer import load as load_tokenizer
     from medtune.engine import checkpoint, model, trainer, zero
+    from medtune.models import configs
     from medtune.engine.metrics import Throughput
-    from medtune.flops import FlopModel, peak_tflops
+    from medtune.models.flops import FlopModel, peak_tflops
 
     recipe, me, on_gpu, say, state = r.recipe, r.me, r.on_gpu, r.say, r.state
     set_seed(recipe.train.seed)
     tokenizer = load_tokenizer(recipe)
     bf16 = recipe.model.dtype == "bf16" or (recipe.model.dtype == "auto" and on_gpu
                                             and torch.cuda.is_bf16_supported())
-    hf_cfg = model.hf_config(recipe.model)
+    hf_cfg = configs.hf_config(recipe.model)
     if len(tokenizer) > hf_cfg.vocab_size:
         raise config.RecipeError([f"{r.recipe_path}: model: the tokenizer has {len(tokenizer)} tokens "
                                   f"but the model's vocab_size is {hf_cfg.vocab_size}"])
@@ -144,7 +147,7 @@ def build(r: Rank) -> Training:
                                grad_accum=state.packs_per_step // me.world,
                                load_universal=r.universal is not None, hpz=r.zplan.hpz)
     dtype = torch.bfloat16 if bf16 else torch.float32
-    kernels = _kernels(recipe, torch.device("cuda" if on_gpu else "cpu"), dtype, model.head_dim(hf_cfg),
+    kernels = _kernels(recipe, torch.device("cuda" if on_gpu else "cpu"), dtype, configs.head_dim(hf_cfg),
                        hf_cfg)
     say(f"attention: {kernels.attention.backend} ({kernels.attention.why}); loss head: {kernels.loss}")
     _probe_isolation(hf_cfg, kernels.attention, torch.device("cuda" if on_gpu else "cpu"), dtype, say)
@@ -153,7 +156,7 @@ def build(r: Rank) -> Training:
     net = model.build(recipe.model, ds_cfg, dtype, kernels.attention.implementation, tokenizer, stop_ids)
     if me.rank == 0:
         _write_run_files(r.run, ds_cfg, net, tokenizer, stop_ids)
-        comm.write_plan(r.run, r.zplan)
+        hierarchy.write_plan(r.run, r.zplan)
     try:
         flop_model = FlopModel.from_model(hf_cfg)
     except ValueError as err:  # a model whose FLOPs medtune cannot count: said, not guessed
@@ -217,7 +220,7 @@ def _train(r: Rank, t: Training, log) -> int:
 def _kernels(recipe: config.Recipe, device, dtype, head_dim: int, hf_cfg=None):
     """The recipe's kernels resolved for this device and model; a backend that cannot run is a user error."""
     from medtune.engine.trainer import Kernels
-    from medtune.errors import UserError
+    from medtune.base.errors import UserError
     from medtune.kernels.attention import model_features, resolve
 
     k = recipe.kernels

@@ -63,7 +63,7 @@ def _truncate_after(path: Path, step: int) -> None:
 class Throughput:
     """Tokens/s, achieved TFLOP/s and MFU per rank, from the plan and each step's wall time.
 
-    FLOPs are model FLOPs (`medtune.flops.FlopModel`: every weight matmul of
+    FLOPs are model FLOPs (`medtune.models.flops.FlopModel`: every weight matmul of
     every token, forward and backward, plus causal attention per *sample* of
     a packed row, never per row); activation recomputation is not counted, as
     is usual for MFU. Every rank holds the same plan, so no communication is
@@ -91,7 +91,7 @@ class Throughput:
         return self._scalars(tokens, flops, seconds)
 
     def _scalars(self, tokens: int, flops: float, seconds: float) -> dict[str, float]:
-        from medtune.flops import mfu
+        from medtune.models.flops import mfu
 
         per_rank = flops / self.world / seconds / 1e12
         out = {"perf/tokens_per_s": tokens / seconds, "perf/tokens_per_s_per_rank": tokens / seconds / self.world,

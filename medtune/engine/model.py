@@ -4,33 +4,7 @@ from __future__ import annotations
 import torch
 
 from medtune.config import ModelConfig
-
-
-def hf_config(model: ModelConfig, tokenizer=None, stop_ids=()):
-    """The model's transformers config, without loading any weights.
-
-    With a `tokenizer`, an inline config's bos/eos/pad ids are the
-    tokenizer's (eos: with the template's `stop_ids`, see
-    `medtune.engine.export.special_token_ids`): a family's defaults (Gemma:
-    bos/eos/pad = 2/1/0) would otherwise name other tokens than the data's,
-    and the embedding row of a wrong pad id would never train.
-    """
-    from transformers import AutoConfig
-
-    if model.config is not None:
-        cfg = dict(model.config)
-        if tokenizer is not None:
-            from medtune.engine.export import special_token_ids
-
-            cfg.update(special_token_ids(tokenizer, stop_ids))
-        return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-    return AutoConfig.from_pretrained(model.name_or_path, revision=model.revision,
-                                      trust_remote_code=model.trust_remote_code)
-
-
-def head_dim(cfg) -> int:
-    """Size of one attention head of a transformers config."""
-    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+from medtune.models.configs import hf_config
 
 
 def build(model: ModelConfig, ds_config: dict, dtype: torch.dtype, attn_implementation: str,

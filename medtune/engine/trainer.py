@@ -15,7 +15,7 @@ from medtune.data.collator import Batch, collate
 from medtune.data.packing import pack, plan_epoch
 from medtune.engine.checkpoint import TrainerState
 from medtune.engine.metrics import MetricsLog, Throughput, model_state_bytes
-from medtune.flops import FlopModel
+from medtune.models.flops import FlopModel
 from medtune.kernels.attention import Choice, varlen_kwargs
 from medtune.kernels.loss import LogitTransform, ce_sum, chunked_ce_sum
 

@@ -251,7 +251,7 @@ def build_config(recipe: Recipe, world: int, hidden_size: int, bf16: bool,
     `grad_accum` overrides the recipe's when a run resumes on another number
     of ranks (the global batch stays the same); `load_universal` reads a
     universal checkpoint written by any world size. `hpz` is the resolved
-    ``zero.hierarchy`` (`medtune.comm.resolve`: 1 is off); ``zero.quantized_*``
+    ``zero.hierarchy`` (`medtune.hierarchy.resolve`: 1 is off); ``zero.quantized_*``
     switch on qwZ/qgZ and ``logging.comm_log`` DeepSpeed's comms logger.
     """
     zero = _zero_block(recipe, hidden_size, hpz)

@@ -10,7 +10,7 @@ config lists (the template's turn terminator, ChatML's ``<|im_end|>``); the
 answer is cut at the first stop token.
 
 With ``RANK``/``WORLD_SIZE`` set (``torchrun --nproc_per_node N -m medtune.cli eval ...``,
-or any launcher `medtune.launcher.env.discover` knows), rank r generates
+or any launcher `medtune.base.ranks.discover` knows), rank r generates
 samples r, r+N, r+2N, ... and rank 0 gathers all answers
 (``torch.distributed.gather_object``) and scores them.
 """
@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 from medtune.data import templates
 from medtune.data.formats.records import Record
-from medtune.errors import UserError
+from medtune.base.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def ranks() -> Ranks:
     if not any(v in os.environ for v in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_STEP_ID",
                                          "MV2_COMM_WORLD_RANK")):
         return Ranks()
-    from medtune.launcher.env import discover
+    from medtune.base.ranks import discover
 
     env = discover()
     return Ranks(env.rank, env.world, env.local_rank)

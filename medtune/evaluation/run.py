@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from medtune.errors import UserError
+from medtune.base.errors import UserError
 from medtune.evaluation import generate as gen
 from medtune.evaluation import metrics, sets
-from medtune.fsutil import write_atomic
+from medtune.base.fsutil import write_atomic
 
 
 def stops(model, tok, template: str) -> list[int]:
@@ -108,7 +108,7 @@ def _load_sets(recipe: sets.EvalRecipe, recipe_file: str, limit: int | None,
     chosen = [s for s in recipe.sets if not only or sets.set_name(s) in only]
     missing = set(only or ()) - {sets.set_name(s) for s in recipe.sets}
     if missing:
-        from medtune.errors import RecipeError
+        from medtune.base.errors import RecipeError
         raise RecipeError([f"--sets: {', '.join(sorted(missing))} not in {recipe_file}; its sets are "
                            f"{', '.join(sets.set_name(s) for s in recipe.sets)}"])
     return [(s, *sets.read_set(s, recipe.mixture_seed, limit)) for s in chosen]

@@ -27,7 +27,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
 from medtune.config import read_yaml
-from medtune.errors import RecipeError
+from medtune.base.errors import RecipeError
 from medtune.data import tasks, templates
 from medtune.data.formats import READERS, Malformed, Record, SourceError
 

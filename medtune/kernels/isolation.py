@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from medtune.errors import UserError
+from medtune.base.errors import UserError
 
 LENGTHS = (7, 1, 11)
 """Samples of the probe row: a one-token sample and a row shorter than any sliding window."""
@@ -59,7 +59,7 @@ class IsolationError(UserError):
 def tiny_config(hf_config):
     """A two-layer, 64-wide copy of `hf_config` (same family, windows and soft-caps kept).
 
-    Shrunk by `medtune.families.shrunk` (layer-type lists such as Gemma-3's
+    Shrunk by `medtune.models.families.shrunk` (layer-type lists such as Gemma-3's
     local/global pattern cut to the two layers kept); a sliding window
     shorter than the probe's longest sample is widened to it (the probe
     checks isolation, not the window). Raises nothing: a family whose config
@@ -67,7 +67,7 @@ def tiny_config(hf_config):
     """
     from transformers import AutoConfig
 
-    from medtune.families import shrunk
+    from medtune.models.families import shrunk
 
     try:
         cfg = shrunk(hf_config, **_SIZES, layers=2, initializer_range=0.2, use_cache=False)

@@ -268,13 +268,13 @@ def chunked_refusal(cfg) -> str | None:
     `LogitTransform` knows the transforms of the families transformers ships
     today; a model whose forward does something else to its logits must not
     silently train on another loss. The architecture is built shrunk (width
-    16, two layers, `medtune.families.shrunk`, weights of scale 1 so a
+    16, two layers, `medtune.models.families.shrunk`, weights of scale 1 so a
     soft-cap bites) on the CPU, and its own logits are compared with
     ``transform(hidden @ W.T)`` on 8 tokens. Takes a second or two.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from medtune.families import shrunk
+    from medtune.models.families import shrunk
 
     small = shrunk(cfg, hidden=16, heads=2, head_dim=8, vocab=64, layers=2, initializer_range=1.0)
     tiny_cfg = AutoConfig.for_model(**small)

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtune.errors import UserError
+from medtune.base.errors import UserError
 
 # deepspeed/launcher/runner.py, _parse_hostfile: matched with re.search on the stripped line
 _LINE = re.compile(r"^(\S+)\s+slots=(\d+)")

@@ -23,8 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtune import exitcodes
-from medtune.errors import UserError
+from medtune.base import exitcodes
+from medtune.base.errors import UserError
 
 _TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
 

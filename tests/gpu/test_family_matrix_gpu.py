@@ -18,7 +18,7 @@ import torch
 
 from medtune.data.collator import collate
 from medtune.engine.trainer import Kernels, forward, micro_loss
-from medtune.families import FAMILIES
+from medtune.models.families import FAMILIES
 from medtune.kernels.attention import VARLEN, Choice, model_features, refusal, unavailable
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -16,7 +16,7 @@ from medtune.data.prepare import prepare
 from medtune.data.tokenize import IGNORE
 from medtune.engine import model as engine_model
 from medtune.engine.trainer import PackedData, total_steps
-from medtune.flops import FlopModel
+from medtune.models.flops import FlopModel
 from medtune.kernels.loss import token_ce_sum
 from tests.conftest import RECIPES
 from tests.integration.helpers import load_weights, medtune, metrics, save_tiny_model, write_recipe

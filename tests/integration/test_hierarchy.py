@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medtune import comm
+from medtune.planning import comm
 from medtune.engine import comm_log
 from tests.conftest import RECIPES
 from tests.integration.helpers import assert_same_run, load_weights, medtune, metrics, write_recipe

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from medtune import config
-from medtune.families import FAMILIES, PUBLISHED
+from medtune.models.families import FAMILIES, PUBLISHED
 from tests.conftest import RECIPES, REPO, SHARED_DATA
 from tests.integration.helpers import medtune, metrics, write_recipe
 
@@ -112,11 +112,12 @@ def _deepspeed_cold_gib(params: int, largest: int, gpus: int, nodes: int) -> flo
 @pytest.mark.parametrize("recipe", ["llama2-7b-medtuned.yaml", "llama2-13b-medtuned.yaml"])
 @pytest.mark.parametrize("nodes", [1, 2, 4])
 def test_plan_model_states_agree_with_deepspeed(recipe, nodes):
-    from medtune import plan
+    from medtune.models import configs
+    from medtune.planning import memory
 
     r = config.load(RECIPES / recipe, check_files=False)
-    shape = plan.model_shape(plan.load_config(r.model))
-    ours = plan.rows(shape, nodes, 8, r.data.max_tokens)[0].states / plan.GiB
+    shape = memory.model_shape(configs.load_config(r.model))
+    ours = memory.rows(shape, nodes, 8, r.data.max_tokens)[0].states / memory.GiB
     theirs = _deepspeed_cold_gib(shape.params, shape.largest_layer, 8, nodes)
     assert abs(ours - theirs) <= 0.05 * theirs, (ours, theirs)
     assert 6.7e9 < shape.params < 6.8e9 if "7b" in recipe else 13.0e9 < shape.params < 13.1e9

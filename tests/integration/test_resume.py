@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medtune import exitcodes
+from medtune.base import exitcodes
 from medtune.engine.checkpoint import FAIL_SAVE_ENV, HOLD_SAVE_ENV, MARKER, latest
 from medtune.engine.trainer import NAN_ENV
 from tests.conftest import RECIPES, REPO

@@ -2,7 +2,7 @@
 
 Each row writes a copy of a fixture corpus (``tests/assets/corpora``) with one
 kind of bad input and prepares a data recipe reading it. What must hold for
-every row: ``medtune prepare`` exits 2 (`medtune.exitcodes.USAGE`) printing
+every row: ``medtune prepare`` exits 2 (`medtune.base.exitcodes.USAGE`) printing
 exactly one line, ``medtune: error: ...``, that names the file and line
 (``FILE:LINE: reason``) and the reason; and the data cache, which already
 holds a good build, is byte for byte as it was (no file added, changed or
@@ -24,7 +24,8 @@ from typing import Callable
 import pytest
 import yaml
 
-from medtune import cli, exitcodes
+from medtune import cli
+from medtune.base import exitcodes
 from tests.conftest import REPO
 
 CORPORA = REPO / "tests" / "assets" / "corpora"

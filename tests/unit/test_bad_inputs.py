@@ -5,7 +5,7 @@ data rows, command-line arguments, model locations, DeepSpeed JSON files)
 and the words its error must hold: the file (or ``command line``) and the key
 or line at fault. For every row, in one process through `medtune.cli.main`:
 
-- exit code 2 (`medtune.exitcodes.USAGE`);
+- exit code 2 (`medtune.base.exitcodes.USAGE`);
 - exactly one line on stderr, ``medtune: error: ...``, holding every word;
 - nothing already written changed: every file of a previous run directory
   (checkpoint, recipe, metrics) and of the data cache is byte for byte as
@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medtune import cli, exitcodes
+from medtune import cli
+from medtune.base import exitcodes
 from tests.conftest import RECIPES
 
 DEMO_DATA = str(RECIPES / "data" / "demo.jsonl")

@@ -218,7 +218,7 @@ def _fake_cache(hub, repo: str, files: dict[str, str]) -> None:
 
 
 def test_cached_hub_model_needs_no_network_and_a_missing_shard_is_named(tmp_path, monkeypatch):
-    from medtune import locations
+    from medtune.models import locations
 
     hub = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
@@ -242,7 +242,7 @@ def test_cached_hub_model_needs_no_network_and_a_missing_shard_is_named(tmp_path
 def test_cache_found_where_huggingface_hub_looks(tmp_path, monkeypatch, env):
     """huggingface_hub still honours the legacy HUGGINGFACE_HUB_CACHE and expands $VAR; medtune
     looked in ~/.cache/huggingface/hub and refused, offline, a model every rank would load."""
-    from medtune import locations
+    from medtune.models import locations
 
     hub = tmp_path / "hf" / "hub"
     for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):

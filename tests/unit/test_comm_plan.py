@@ -7,7 +7,9 @@ from collections import Counter
 
 import pytest
 
-from medtune import cli, comm, config
+from medtune import cli, config
+from medtune.engine import hierarchy
+from medtune.planning import comm
 from medtune.engine import comm_log
 from medtune.engine.zero import build_config
 from tests.conftest import RECIPES
@@ -31,10 +33,10 @@ def tiny_trace() -> comm.ModelTrace:
 
 @pytest.fixture(scope="module")
 def llama7b():
-    from medtune import plan
+    from medtune.models import configs
 
     recipe = config.load(RECIPES / "llama2-7b-medtuned.yaml", check_files=False)
-    cfg = plan.load_config(recipe.model)
+    cfg = configs.load_config(recipe.model)
     return recipe, cfg, comm.model_trace(cfg)
 
 
@@ -123,11 +125,11 @@ def test_reduce_scatter_is_per_micro_batch_and_all_gathers_shrink_with_hpz(llama
 
 @pytest.mark.parametrize("recipe_file", ["llama2-7b-medtuned.yaml", "llama2-13b-medtuned.yaml"])
 def test_plan_prints_the_communication_table_offline(recipe_file, monkeypatch):
-    from medtune import plan
+    from medtune.models import configs
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe = config.load(RECIPES / recipe_file, check_files=False)
-    cfg = plan.load_config(recipe.model)
+    cfg = configs.load_config(recipe.model)
     trace = comm.model_trace(cfg, recipe.model.gradient_checkpointing)
     for nodes in (2, 4):
         for gpu in ("a100", "h100"):
@@ -144,7 +146,7 @@ def test_plan_prints_the_communication_table_offline(recipe_file, monkeypatch):
 
 
 def test_compute_time_uses_the_flop_model(llama7b):
-    from medtune.flops import PEAK_TFLOPS, FlopModel
+    from medtune.models.flops import PEAK_TFLOPS, FlopModel
 
     recipe, cfg, trace = llama7b
     cp = comm.plan(recipe, cfg, comm.Links(4, 8, 200, 7200), "h100", 0.5, trace=trace)
@@ -181,16 +183,16 @@ def test_plan_cli_prints_both_sections_and_writes_json(tmp_path, capsys, monkeyp
 # ---------------------------------------------------------------- zero.hierarchy and friends
 
 def test_hierarchy_auto_off_and_sizes():
-    assert comm.hierarchy_size("auto", 16, 8)[0] == 8
-    assert comm.hierarchy_size("auto", 8, 8)[0] == 1
-    assert comm.hierarchy_size("auto", 4, 1)[0] == 1
-    assert comm.hierarchy_size("off", 16, 8)[0] == 1
-    assert comm.hierarchy_size(False, 16, 8)[0] == 1      # YAML's `off`
-    assert comm.hierarchy_size(True, 16, 8)[0] == 8       # YAML's `on`
-    assert comm.hierarchy_size(2, 16, 8)[0] == 2
+    assert hierarchy.hierarchy_size("auto", 16, 8)[0] == 8
+    assert hierarchy.hierarchy_size("auto", 8, 8)[0] == 1
+    assert hierarchy.hierarchy_size("auto", 4, 1)[0] == 1
+    assert hierarchy.hierarchy_size("off", 16, 8)[0] == 1
+    assert hierarchy.hierarchy_size(False, 16, 8)[0] == 1      # YAML's `off`
+    assert hierarchy.hierarchy_size(True, 16, 8)[0] == 8       # YAML's `on`
+    assert hierarchy.hierarchy_size(2, 16, 8)[0] == 2
     for bad in (3, 16, 0):
         with pytest.raises(ValueError):
-            comm.hierarchy_size(bad, 16, 8)
+            hierarchy.hierarchy_size(bad, 16, 8)
 
 
 def _recipe(*overrides):
@@ -198,24 +200,24 @@ def _recipe(*overrides):
 
 
 def test_problems_name_the_file_and_key_in_one_line():
-    (line,) = comm.problems(_recipe("zero.hierarchy=3", "launch.procs=2"), "r.yaml", world=4, has_gpu=None)
+    (line,) = hierarchy.problems(_recipe("zero.hierarchy=3", "launch.procs=2"), "r.yaml", world=4, has_gpu=None)
     assert line.startswith("r.yaml: zero.hierarchy = 3: must divide the GPUs per node (launch.procs = 2)")
-    found = comm.problems(_recipe("zero.quantized_weights=true", "zero.quantized_gradients=true"), "r.yaml",
+    found = hierarchy.problems(_recipe("zero.quantized_weights=true", "zero.quantized_gradients=true"), "r.yaml",
                           world=2, has_gpu=False)
     assert len(found) == 2 and all("\n" not in f and "CUDA" in f for f in found)
     assert found[0].startswith("r.yaml: zero.quantized_weights = true:")
-    assert comm.problems(_recipe("zero.quantized_weights=true"), "r.yaml", world=2, has_gpu=None) == []
+    assert hierarchy.problems(_recipe("zero.quantized_weights=true"), "r.yaml", world=2, has_gpu=None) == []
 
 
 def test_resolve_refuses_quantized_on_cpu_and_describes_the_choice():
-    from medtune.errors import UserError
+    from medtune.base.errors import UserError
 
     with pytest.raises(UserError, match="zero.quantized_gradients = true: DeepSpeed's qgZ"):
-        comm.resolve(_recipe("zero.quantized_gradients=true"), world=2, has_gpu=False)
-    zp = comm.resolve(_recipe("launch.procs=2", "launch.nodes=2"), world=4, has_gpu=False)
+        hierarchy.resolve(_recipe("zero.quantized_gradients=true"), world=2, has_gpu=False)
+    zp = hierarchy.resolve(_recipe("launch.procs=2", "launch.nodes=2"), world=4, has_gpu=False)
     assert zp.hpz == 2 and "hpZ on" in zp.describe() and "zero.hierarchy=auto" in zp.describe()
-    assert comm.resolve(_recipe("launch.procs=2"), world=2, has_gpu=False).hpz == 1
-    assert comm.resolve(_recipe("zero.hierarchy=off", "launch.procs=2"), world=4, has_gpu=False).hpz == 1
+    assert hierarchy.resolve(_recipe("launch.procs=2"), world=2, has_gpu=False).hpz == 1
+    assert hierarchy.resolve(_recipe("zero.hierarchy=off", "launch.procs=2"), world=4, has_gpu=False).hpz == 1
 
 
 def test_train_refuses_a_bad_hierarchy_and_cpu_quantization_before_any_rank(tmp_path, capsys):

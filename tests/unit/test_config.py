@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from medtune import cli, config
-from medtune.families import FAMILIES
+from medtune.models.families import FAMILIES
 from tests.conftest import RECIPES
 
 DEMO_DATA = str(RECIPES / "data" / "demo.jsonl")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from medtune.launcher.env import DiscoveryError, discover, first_host
+from medtune.base.ranks import DiscoveryError, discover, first_host
 
 
 def test_torch_variables():

@@ -1,6 +1,6 @@
 """Families x attention backends x loss heads, fp32 on CPU (issue 19, sections 2-3).
 
-Every family of `medtune.families.FAMILIES` is built tiny from its config.
+Every family of `medtune.models.families.FAMILIES` is built tiny from its config.
 For each attention backend (the GPU kernels replaced by CPU stand-ins of the
 same signature, `tests.kernel_references`) that accepts the model, a packed
 row's logits equal each sample run alone through transformers' ``eager``
@@ -19,7 +19,7 @@ import torch
 
 from medtune.data.collator import collate
 from medtune.engine.trainer import Kernels, forward, micro_loss
-from medtune.families import FAMILIES
+from medtune.models.families import FAMILIES
 from medtune.kernels.attention import HF_NATIVE, REGISTERED, VARLEN, Choice, model_features, refusal, resolve
 from tests import kernel_references
 
@@ -166,7 +166,7 @@ def test_chunked_loss_applies_the_logit_scale(model_type, transform):
     """unsloth#11277: a fused head dropped Cohere's logit_scale and Granite's logits_scaling."""
     from transformers import AutoConfig
 
-    from medtune.families import _TINY
+    from medtune.models.families import _TINY
 
     cfg = AutoConfig.for_model(model_type, **{**_TINY, **transform, "initializer_range": 0.2})
     batch = collate([(s, s) for s in _samples()], 0)

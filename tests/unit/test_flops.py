@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from medtune.families import FAMILIES, PUBLISHED
-from medtune.flops import FlopModel, mfu, peak_tflops
+from medtune.models.families import FAMILIES, PUBLISHED
+from medtune.models.flops import FlopModel, mfu, peak_tflops
 
 
 def test_llama2_7b_against_a_hand_count():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from medtune.fsutil import write_atomic
+from medtune.base.fsutil import write_atomic
 
 
 def _writer(path: str, tag: int) -> None:

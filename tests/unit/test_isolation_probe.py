@@ -10,7 +10,7 @@ from medtune.data.collator import collate
 from medtune.engine.trainer import model_inputs
 from medtune.kernels.attention import Choice
 from medtune.kernels.isolation import IsolationError, check, probe, tiny_config
-from medtune.errors import UserError
+from medtune.base.errors import UserError
 from tests.integration.helpers import TINY_LLAMA
 
 CPU = torch.device("cpu")

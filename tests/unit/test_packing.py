@@ -8,8 +8,8 @@ import random
 import pytest
 
 from medtune.data.packing import _best_fit_decreasing, pack, plan_epoch
-from medtune.families import FAMILIES, PUBLISHED
-from medtune.flops import FlopModel
+from medtune.models.families import FAMILIES, PUBLISHED
+from medtune.models.flops import FlopModel
 from tests.conftest import RECIPES, needs_shared_data
 
 LLAMA2_7B = FlopModel.from_config(PUBLISHED["meta-llama/Llama-2-7b-hf"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medtune import exitcodes
+from medtune.base import exitcodes
 from medtune.launcher.slurm import SlurmError, SlurmJob, render
 
 JOB = SlurmJob(job_name="medtuned", nodes=2, procs_per_node=8, gpus_per_node=8,

@@ -20,6 +20,7 @@ from medtune.data.formats.records import Record
 from medtune.data.templates import render
 from medtune.data.tokenize import IGNORE, encode, stop_token_ids
 from medtune.engine import export
+from medtune.models import configs
 from medtune.engine import model as engine_model
 from medtune.evaluation import generate as gen
 from medtune.evaluation import metrics
@@ -121,7 +122,7 @@ def test_inline_gemma_config_takes_the_tokenizers_ids(chatml_dir):
     assert (plain.bos_token_id, plain.eos_token_id, plain.pad_token_id) == (2, 1, 0)  # Gemma's defaults
     cfg = engine_model.hf_config(m, tok, stop_token_ids(tok, "chat"))
     assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (1, [2, 1001], None)
-    assert export.special_token_ids(tok, [2]) == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None}
+    assert configs.special_token_ids(tok, [2]) == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None}
 
 
 @pytest.mark.parametrize("template", ["paper", "chat"])

@@ -97,19 +97,64 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-BASE = ("medtune.errors", "medtune.exitcodes", "medtune.fsutil", "medtune.families", "medtune.flops")
+ALLOWED = {
+    # part: the parts it may import (the README's Layout table; `medtune/__init__.py` imports the
+    # parts' registered checks and is no part)
+    "base": set(),
+    "config": {"base"},
+    "models": {"base", "config"},
+    "data": {"base", "config", "models"},
+    "kernels": {"base", "config", "models"},
+    "launcher": {"base", "config", "models"},
+    "engine": {"base", "config", "models", "data", "kernels"},
+    "planning": {"base", "config", "models", "kernels", "engine"},
+    "evaluation": {"base", "config", "models", "data"},
+    "cli": {"base", "config", "models", "data", "kernels", "launcher", "engine", "planning", "evaluation"},
+}
+
+
+def part_of(module: str) -> str:
+    """``medtune.engine.trainer`` -> ``engine``; ``medtune.cli`` -> ``cli``; the package itself -> ``medtune``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "medtune"
+
+
+def test_every_module_belongs_to_a_part():
+    """No loose module at the top of the package but the command line, config and the package itself."""
+    loose = sorted(m for m in import_graph() if part_of(m) not in ALLOWED and m != "medtune")
+    assert loose == []
+
+
+def test_parts_import_only_what_the_layout_allows():
+    graph = import_graph()
+    found = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                   if m != "medtune" and part_of(d) != part_of(m) and part_of(d) != "medtune"
+                   and part_of(d) not in ALLOWED.get(part_of(m), set()))
+    assert found == []
+
+
+def test_no_cycle_between_parts():
+    graph = import_graph()
+    parts: dict[str, set[str]] = {}
+    for m, deps in graph.items():
+        if m != "medtune":
+            parts.setdefault(part_of(m), set()).update(part_of(d) for d in deps
+                                                       if part_of(d) not in (part_of(m), "medtune"))
+    cycle = find_cycle(parts)
+    assert cycle is None, "cycle between parts: " + " -> ".join(cycle)
 
 
 def test_the_base_imports_nothing_of_medtune():
-    """Every part may import the base (errors, exit codes, file helpers, families, FLOPs): it imports no part."""
+    """Every part may import the base (errors, exit codes, file helpers, rank discovery): it imports no part."""
     graph = import_graph()
-    assert {m: sorted(graph[m]) for m in BASE if graph[m]} == {}
+    outside = {m: sorted(d for d in graph[m] if part_of(d) != "base") for m in graph if part_of(m) == "base"}
+    assert {m: deps for m, deps in outside.items() if deps} == {}
 
 
 def test_config_imports_only_the_base():
-    """Checks that need readers or pools are registered by data (`config.register_check`)."""
+    """Checks that need readers, pools or families are registered by their part (`config.register_check`)."""
     graph = import_graph()
-    assert sorted(d for d in graph["medtune.config"] if d not in BASE) == []
+    assert sorted(d for d in graph["medtune.config"] if part_of(d) != "base") == []
 
 
 def test_the_data_checks_are_registered_whatever_is_imported_first():
@@ -119,11 +164,12 @@ def test_the_data_checks_are_registered_whatever_is_imported_first():
     done = subprocess.run([sys.executable, "-c", "import medtune.config as c; "
                            "print([f.__module__ + '.' + f.__name__ for f in c.CHECKS])"],
                           cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "['medtune.data.checks.source_problems']", done.stderr
+    assert done.stdout.strip() == ("['medtune.data.checks.source_problems', "
+                                   "'medtune.models.checks.family_problems']"), done.stderr
 
 
 def test_data_and_evaluation_take_their_errors_from_the_base():
-    """`medtune.errors` holds the user-error bases; data and evaluation never import config for one."""
+    """`medtune.base.errors` holds the user-error bases; data and evaluation never import config for one."""
     offenders = []
     for path in [*(PACKAGE / "data").rglob("*.py"), *(PACKAGE / "evaluation").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):

@@ -29,7 +29,7 @@ FLOPs for this model; for the tiny CPU Llama (h 64, 2 layers) it is more
 than half, which is why packs are balanced on FLOPs rather than tokens.
 
 This module imports nothing heavy: the config may be a transformers config
-object or a plain mapping (``medtune.families.PUBLISHED`` entries).
+object or a plain mapping (``medtune.models.families.PUBLISHED`` entries).
 """
 from __future__ import annotations
 

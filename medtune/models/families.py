@@ -95,7 +95,7 @@ def shrunk(cfg, *, hidden: int, heads: int, head_dim: int, vocab: int, intermedi
     match. Dtype, hub names and quantization are dropped; `extra` keys are
     set last. ``AutoConfig.for_model(**shrunk(cfg, ...))`` builds it. Used
     where medtune runs a model's own code to learn something about it: the
-    communication simulator's call order (`medtune.comm`), the chunked head's
+    communication simulator's call order (`medtune.planning.comm`), the chunked head's
     logit check (`medtune.kernels.loss`) and the start-up isolation probe
     (`medtune.kernels.isolation`).
     """

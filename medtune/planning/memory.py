@@ -70,25 +70,6 @@ def model_shape(cfg) -> Shape:
                  cfg.vocab_size)
 
 
-def load_config(model):
-    """The model's config: the real one when reachable, else the published numbers medtune keeps."""
-    from transformers import AutoConfig
-
-    from medtune.engine.model import hf_config
-    from medtune.families import PUBLISHED
-
-    from pathlib import Path
-
-    name = model.name_or_path
-    if model.config is not None or Path(name).is_dir() or name not in PUBLISHED:
-        return hf_config(model)
-    try:  # a hub id: the cached config.json if there is one, without asking the network
-        return AutoConfig.from_pretrained(name, revision=model.revision, local_files_only=True)
-    except OSError:
-        cfg = dict(PUBLISHED[name])
-        return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-
-
 def activations(shape: Shape, tokens: int, checkpointing: bool, loss: str = "standard") -> float:
     per_layer = tokens * (16 * shape.hidden + 4.5 * shape.intermediate)
     if loss == "chunked":

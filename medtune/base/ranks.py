@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from medtune.errors import UserError
+from medtune.base.errors import UserError
 
 
 class DiscoveryError(UserError):
