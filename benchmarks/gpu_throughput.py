@@ -18,7 +18,7 @@ random: throughput does not depend on them.
 Every variant sees the same real tokens per step: packed rows of ``--tokens``
 tokens through each varlen backend and through transformers' sdpa (dense row
 mask), or padded batches of as many samples (sdpa with a padding mask). The
-table gives real tokens/s, model TFLOP/s (`medtune.flops`: 6 x weights per
+table gives real tokens/s, model TFLOP/s (`medtune.models.flops`: 6 x weights per
 token plus causal attention per sample, recomputation not counted) and MFU
 against the device's dense bf16 peak (`--peak-tflops` to override), and
 the ratio to padded batches measured in the same run.
@@ -53,7 +53,7 @@ from medtune.data.collator import collate  # noqa: E402
 from medtune.data.packing import pack  # noqa: E402
 from medtune.data.tokenize import IGNORE  # noqa: E402
 from medtune.engine.trainer import Kernels, micro_loss  # noqa: E402
-from medtune.flops import FlopModel, peak_tflops  # noqa: E402
+from medtune.models.flops import FlopModel, peak_tflops  # noqa: E402
 from medtune.kernels.attention import VARLEN, Choice, unavailable  # noqa: E402
 from medtune.kernels.loss import ce_sum  # noqa: E402
 

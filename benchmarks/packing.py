@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{SHARED} is absent: the benchmark packs the shared corpora", file=sys.stderr)
         return 2
     from medtune.data.packing import _best_fit_decreasing, pack
-    from medtune.families import FAMILIES, PUBLISHED
-    from medtune.flops import FlopModel
+    from medtune.models.families import FAMILIES, PUBLISHED
+    from medtune.models.flops import FlopModel
 
     models = {"Llama-2-7B": FlopModel.from_config(PUBLISHED["meta-llama/Llama-2-7b-hf"]),
               "tiny Llama": FlopModel.from_config(FAMILIES["llama"].tiny)}
