@@ -91,11 +91,13 @@ class SourceConfig:
     """``conll`` only: ``untyped`` writes B/I/O (types collapse into one
     class, as the paper did for the five biomedical NER sets); ``typed``
     keeps ``B-TYPE``/``I-TYPE`` (i2b2-2012)."""
-    instructions: str | None = None
-    """Instruction pool (a key of ``medtune.data.templates.POOLS``) that each
-    record draws its instruction from. Default: the pool named like the
-    record's task for corpus readers; a generic source keeps its records'
-    own instructions unless a pool is named here."""
+    instructions: str | list[str] | None = None
+    """What each record draws its instruction from: a pool name (a key of
+    ``medtune.data.templates.POOLS``), a list of instructions, or a text file
+    with one per line (a string with a ``/`` or a ``.``; relative to the
+    recipe). ``{types}`` in one is replaced by the source's entity types.
+    Default: the pool named like the record's task for corpus readers; a
+    generic source keeps its records' own instructions unless one is given."""
     weight: float = Field(default=1.0, gt=0)
     """Samples per record read: 0.5 keeps a seeded half, 2.0 repeats every
     record twice (each copy draws its own instruction)."""
@@ -661,6 +663,9 @@ def _resolve_paths(raw: dict, here: Path) -> None:
         for src in data["sources"]:
             if isinstance(src, dict) and isinstance(src.get("path"), str):
                 src["path"] = _resolve(src["path"], here, must_be_local=src.get("format") != "hub")
+            spec = src.get("instructions") if isinstance(src, dict) else None
+            if isinstance(spec, str) and ("/" in spec or "." in spec):  # a text file, not a pool name
+                src["instructions"] = _resolve(spec, here, must_be_local=True)
 
 
 def _resolve(value: str, here: Path, must_be_local: bool, partial: bool = False) -> str:

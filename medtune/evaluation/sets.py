@@ -185,5 +185,11 @@ def read_set(s: EvalSet, mixture_seed: int = 0, limit: int | None = None) -> tup
             out.append(Sample(name, len(out), rec))
     except SourceError as err:
         raise RecipeError([f"sets ({name}): {err}"]) from None
+    from medtune.data.instructions import TYPES, entity_types, fill
+
+    if any(TYPES in smp.record.instruction for smp in out):  # typed NER: name the set's types, as training does
+        types = entity_types(smp.record.gold for smp in out if smp.record.task == "ner-typed")
+        out = [dataclasses.replace(smp, record=dataclasses.replace(smp.record, instruction=fill(
+            smp.record.instruction, types))) for smp in out]
     return out, malformed
 
