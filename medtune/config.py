@@ -65,6 +65,13 @@ class ModelConfig:
     ``tokenizer`` is absent (into the data cache when ``tokenizer`` is unset)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) of ``name_or_path``."""
+    pad_token: str | None = None
+    """The tokenizer's padding token (e.g. ``<pad>``), added to the vocabulary
+    when it is not in it; the export's tokenizer then pads with it."""
+    special_tokens: list[str] = Field(default_factory=list)
+    """Special tokens added to the tokenizer (never split, skipped when
+    decoding). Tokens beyond the model's rows grow its embedding and output
+    layers, each new row set to the mean of the old ones."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """Training dtype: ``auto`` is bf16 on GPUs that support it, else fp32."""
     gradient_checkpointing: bool = False
@@ -304,12 +311,14 @@ class Recipe:
 
 def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
          defaults: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = (),
-         check_files: bool = True) -> Recipe:
+         check_files: bool = True, provenance: dict[str, str] | None = None) -> Recipe:
     """Load, compose and validate a recipe; raise `RecipeError` listing every problem.
 
     `defaults` are recipe files that supply whole sections the recipe (with
     its bases) lacks, before overrides: ``medtune prepare`` gives a data-only
     recipe the model section of ``models/tiny-llama.yaml`` so it has a tokenizer.
+    `provenance`, when given, is filled with ``{dotted key: file or "command
+    line"}`` for every key a file or override set (a list is one key).
     """
     path = Path(path)
     tree, origin = _load_tree(path, chain=())
@@ -326,6 +335,8 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
         key, value = _parse_override(item)
         _set_dotted(tree, key, value)
         origin[key] = COMMAND_LINE
+    if provenance is not None:
+        provenance.update(origin)
     return validate(tree, origin, default_file=str(path), check_files=check_files)
 
 
