@@ -114,7 +114,8 @@ POOLS: dict[str, tuple[str, ...]] = {
         "Escherichia coli). " + _NER_FORMAT.format(what="a species name"),
         "Recognise the names of species and organisms in this text. " + _NER_FORMAT.format(what="a species mention"),
         "Your task is species named entity recognition. " + _NER_FORMAT.format(what="an organism name"),
-        "Mark the organisms mentioned in the following biomedical sentence. " + _NER_FORMAT.format(what="a species name"),
+        "Mark the organisms mentioned in the following biomedical sentence. "
+        + _NER_FORMAT.format(what="a species name"),
     ),
     "re-i2b2": (
         "Classify the relation between the two clinical concepts marked @problem$, @test$ or "
