@@ -19,7 +19,7 @@ from tests.integration.helpers import load_weights, medtune, metrics, write_reci
 ADDED = ["<|query|>", "<|answer|>"]
 
 
-def _run(tmp_path, name: str, **train) -> tuple:
+def _run(tmp_path, name: str, overrides: dict | None = None, **train) -> tuple:
     recipe = write_recipe(tmp_path / f"{name}.yaml", {
         "base": str(RECIPES / "demo.yaml"),
         "model": {"special_tokens": ADDED},
@@ -29,7 +29,8 @@ def _run(tmp_path, name: str, **train) -> tuple:
         "train": {"max_steps": 3, **train},
     })
     run = tmp_path / name
-    proc = medtune("train", str(recipe), "--run-dir", str(run))
+    proc = medtune("train", str(recipe), "--run-dir", str(run),
+                   *(f"{k}={v}" for k, v in (overrides or {}).items()))
     return run, proc
 
 
@@ -47,6 +48,11 @@ def test_two_added_tokens_train_under_zero3_export_1002_rows_and_generate_batche
     assert tuple(weights["model.embed_tokens.weight"].shape) == (1002, 64)
     assert tuple(weights["lm_head.weight"].shape) == (1002, 64)
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 1002
+    # the saved ZeRO-3 checkpoint exports in one process with the same rows
+    medtune("export", str(run), "--out", str(tmp_path / "again"))
+    again = load_weights(tmp_path / "again")
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert torch.equal(again[name], weights[name]), name
 
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out).eval()

@@ -129,3 +129,24 @@ def test_fill_and_entity_types():
     assert instructions.fill("TYPE is {types}.", ["A", "B", "C"]) == "TYPE is A, B and C."
     assert instructions.fill("TYPE is {types}.", ["A"]) == "TYPE is A."
     assert instructions.fill("keep {this}", ["A"]) == "keep {this}"
+
+
+def test_an_evaluation_set_takes_the_same_list_or_file_and_names_the_types(tmp_path):
+    from medtune.evaluation import sets
+
+    (tmp_path / "mine.txt").write_text("Tag these: {types}.\n")
+    shutil.copytree(CORPORA / "jnlpba", tmp_path / "jnlpba")
+    (tmp_path / "jnlpba" / "test.tsv").write_text((CORPORA / "jnlpba" / "train.tsv").read_text())
+    (tmp_path / "eval.yaml").write_text(
+        "sets:\n  - {path: jnlpba, format: conll, tags: typed, instructions: mine.txt}\n"
+        "  - {name: listed, path: jnlpba, format: conll, tags: typed, instructions: [Tag it.]}\n")
+    r = sets.load(tmp_path / "eval.yaml")
+    assert r.sets[0].instructions == str(tmp_path / "mine.txt")
+    samples, _ = sets.read_set(r.sets[0])
+    assert {s.record.instruction for s in samples} == {"Tag these: PROTEIN, CELL_TYPE, DNA, CELL_LINE and RNA."}
+    assert {s.record.instruction for s in sets.read_set(r.sets[1])[0]} == {"Tag it."}
+    (tmp_path / "bad.yaml").write_text("sets:\n  - {path: jnlpba, format: conll, instructions: []}\n")
+    with pytest.raises(RecipeError) as err:
+        sets.load(tmp_path / "bad.yaml")
+    assert err.value.problems == [f"{tmp_path / 'bad.yaml'}: sets.0.instructions: an empty list: give at "
+                                  "least one instruction"]
