@@ -146,6 +146,7 @@ def build(r: Rank) -> Training:
     if vocab_rows is not None:
         say(f"tokenizer: {len(added)} added token(s) ({', '.join(added)}): the model grows from "
             f"{hf_cfg.vocab_size} to {vocab_rows} rows, new rows the mean of the old")
+        hf_cfg.get_text_config().vocab_size = vocab_rows  # what the FLOP count and kernels see
     ds_cfg = zero.build_config(recipe, me.world, hf_cfg.hidden_size, bf16,
                                grad_accum=state.packs_per_step // me.world,
                                load_universal=r.universal is not None, hpz=r.zplan.hpz)
