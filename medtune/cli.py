@@ -1,4 +1,4 @@
-"""The ``medtune`` command: prepare | train | launch | slurm | plan | doctor | export.
+"""The ``medtune`` command: prepare | inspect | train | launch | slurm | plan | doctor | export.
 
 Verbs import what they need inside, so ``medtune --help`` and recipe
 validation never wait for torch, deepspeed or transformers.
@@ -30,10 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     verbs = p.add_subparsers(dest="verb", required=True)
 
     prep = verbs.add_parser("prepare", help="read, tokenize and cache a recipe's data",
-                            description="Build (or find in the cache) a recipe's tokenized data and "
-                                        "print its statistics. A recipe without a model section (a "
-                                        "data recipe) is tokenized with the tokenizer of "
-                                        "recipes/models/tiny-llama.yaml.")
+                            description="Build (or find in the cache) a recipe's tokenized data and print its "
+                                        "statistics. A recipe without a model section (a data recipe) "
+                                        "is tokenized with the tokenizer of recipes/models/tiny-llama.yaml.")
     prep.add_argument("recipe")
     prep.add_argument("overrides", nargs="*", metavar="key=value")
     prep.add_argument("--out", metavar="DIR", help="also write DIR/stats.json and DIR/lengths.png")
@@ -103,8 +102,17 @@ def _parser() -> argparse.ArgumentParser:
     exp = verbs.add_parser("export", help="write a Hugging Face export from a run or checkpoint")
     exp.add_argument("source", help="a run directory (its newest checkpoint) or a checkpoint directory")
     exp.add_argument("--out", required=True, help="export directory")
+    _inspect_parser(verbs)
     _eval_parser(verbs)
     return p
+
+
+def _inspect_parser(verbs) -> None:
+    insp = verbs.add_parser("inspect", help="show a recipe resolved, its samples with the loss-bearing "
+                                            "tokens marked, counts, lengths and packing; launch nothing")
+    insp.add_argument("recipe")
+    insp.add_argument("overrides", nargs="*", metavar="key=value")
+    insp.add_argument("-n", type=int, default=2, metavar="N", help="samples shown per source (default 2)")
 
 
 def _eval_parser(verbs) -> None:
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        verbs = {"prepare": _prepare, "train": _train, "launch": _launch, "slurm": _slurm,
+        verbs = {"prepare": _prepare, "inspect": _inspect, "train": _train, "launch": _launch, "slurm": _slurm,
                  "plan": _plan, "doctor": _doctor, "export": _export,
                  "eval": _eval, "score": _score}
         return verbs[args.verb](args)
@@ -284,6 +292,13 @@ def _prepare(args) -> int:
         for name in ("stats.json", "lengths.png"):
             shutil.copyfile(prepared.path / name, out / name)
         print(f"wrote {out / 'stats.json'} and {out / 'lengths.png'}")
+    return 0
+
+
+def _inspect(args) -> int:
+    from medtune.data.inspect import report
+
+    report(args.recipe, args.overrides, n=args.n)
     return 0
 
 

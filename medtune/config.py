@@ -65,6 +65,13 @@ class ModelConfig:
     ``tokenizer`` is absent (into the data cache when ``tokenizer`` is unset)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) of ``name_or_path``."""
+    pad_token: str | None = None
+    """The tokenizer's padding token (e.g. ``<pad>``), added to the vocabulary
+    when it is not in it; the export's tokenizer then pads with it."""
+    special_tokens: list[str] = Field(default_factory=list)
+    """Special tokens added to the tokenizer (never split, skipped when
+    decoding). Tokens beyond the model's rows grow its embedding and output
+    layers, each new row set to the mean of the old ones."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """Training dtype: ``auto`` is bf16 on GPUs that support it, else fp32."""
     gradient_checkpointing: bool = False
@@ -91,11 +98,13 @@ class SourceConfig:
     """``conll`` only: ``untyped`` writes B/I/O (types collapse into one
     class, as the paper did for the five biomedical NER sets); ``typed``
     keeps ``B-TYPE``/``I-TYPE`` (i2b2-2012)."""
-    instructions: str | None = None
-    """Instruction pool (a key of ``medtune.data.templates.POOLS``) that each
-    record draws its instruction from. Default: the pool named like the
-    record's task for corpus readers; a generic source keeps its records'
-    own instructions unless a pool is named here."""
+    instructions: str | list[str] | None = None
+    """What each record draws its instruction from: a pool name (a key of
+    ``medtune.data.templates.POOLS``), a list of instructions, or a text file
+    with one per line (a string with a ``/`` or a ``.``; relative to the
+    recipe). ``{types}`` in one is replaced by the source's entity types.
+    Default: the pool named like the record's task for corpus readers; a
+    generic source keeps its records' own instructions unless one is given."""
     weight: float = Field(default=1.0, gt=0)
     """Samples per record read: 0.5 keeps a seeded half, 2.0 repeats every
     record twice (each copy draws its own instruction)."""
@@ -302,12 +311,14 @@ class Recipe:
 
 def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
          defaults: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = (),
-         check_files: bool = True) -> Recipe:
+         check_files: bool = True, provenance: dict[str, str] | None = None) -> Recipe:
     """Load, compose and validate a recipe; raise `RecipeError` listing every problem.
 
     `defaults` are recipe files that supply whole sections the recipe (with
     its bases) lacks, before overrides: ``medtune prepare`` gives a data-only
     recipe the model section of ``models/tiny-llama.yaml`` so it has a tokenizer.
+    `provenance`, when given, is filled with ``{dotted key: file or "command
+    line"}`` for every key a file or override set (a list is one key).
     """
     path = Path(path)
     tree, origin = _load_tree(path, chain=())
@@ -324,6 +335,8 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
         key, value = _parse_override(item)
         _set_dotted(tree, key, value)
         origin[key] = COMMAND_LINE
+    if provenance is not None:
+        provenance.update(origin)
     return validate(tree, origin, default_file=str(path), check_files=check_files)
 
 
@@ -656,6 +669,9 @@ def _resolve_paths(raw: dict, here: Path) -> None:
         for src in data["sources"]:
             if isinstance(src, dict) and isinstance(src.get("path"), str):
                 src["path"] = _resolve(src["path"], here, must_be_local=src.get("format") != "hub")
+            spec = src.get("instructions") if isinstance(src, dict) else None
+            if isinstance(spec, str) and ("/" in spec or "." in spec):  # a text file, not a pool name
+                src["instructions"] = _resolve(spec, here, must_be_local=True)
 
 
 def _resolve(value: str, here: Path, must_be_local: bool, partial: bool = False) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from medtune.config import Recipe
 from medtune.data.formats import source_files
+from medtune.data.instructions import is_file, read_file
 from medtune.data.mixture import source_name
 
 
@@ -33,6 +34,8 @@ def sources_digest(recipe: Recipe) -> str:
     h = hashlib.sha256()
     for src in recipe.data.sources:
         settings = {k: v for k, v in dataclasses.asdict(src).items() if k != "path"}
+        if isinstance(src.instructions, str) and is_file(src.instructions):  # its lines, not where it is
+            settings["instructions"] = list(read_file(src.instructions))
         h.update(json.dumps([settings, source_name(src)], sort_keys=True).encode())
         found = source_files(src.format, src.path, src.split)
         if not found:  # a hub id

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medtune.config import Recipe, SourceConfig, register_check
 from medtune.data.formats import READERS, SETTINGS, SourceError, source_files
-from medtune.data.templates import POOLS
+from medtune.data import instructions
 
 
 @register_check
@@ -49,11 +49,13 @@ def source_problems(recipe: Recipe, check_files: bool = True) -> list[tuple[str,
             if getattr(src, setting) != getattr(defaults, setting) and src.format not in formats:
                 out.append((f"{key}.{setting}", f"applies to format {' or '.join(formats)} only, "
                                                 f"not {src.format}"))
-        if src.instructions is not None and src.instructions not in POOLS:
-            near = difflib.get_close_matches(src.instructions, POOLS, n=1)
-            hint = f"did you mean '{near[0]}'? " if near else ""
-            out.append((f"{key}.instructions", f"unknown instruction pool '{src.instructions}': "
-                                               f"{hint}known: {', '.join(sorted(POOLS))}"))
+        if src.instructions is not None:
+            spec = src.instructions
+            if check_files or not isinstance(spec, str) or not instructions.is_file(spec):
+                try:
+                    instructions.choices(spec)
+                except ValueError as err:
+                    out.append((f"{key}.instructions", str(err)))
         name = src.name or Path(src.path).stem
         if name in names:
             out.append((f"{key}.name", f"two sources are named '{name}' (sources {names[name]} and "

@@ -10,8 +10,9 @@ For each source, in recipe order:
    (``data.dedup``), counted against the source that repeats it;
 4. apply ``weight`` (whole copies plus a seeded fraction) and ``cap`` (a
    seeded choice), keeping reading order;
-5. give each sample an instruction drawn from its pool by (mixture seed,
-   source name, record number, copy number).
+5. give each sample an instruction drawn from its pool (or the source's own
+   list or file, `medtune.data.instructions`) by (mixture seed, source name,
+   record number, copy number); ``{types}`` names the source's entity types.
 
 Worked example: a source ``ncbi`` with 4 good records (one duplicate of an
 earlier source), ``weight: 1.5``, mixture seed 0::
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from medtune.config import DataConfig, SourceConfig
 from medtune.base.errors import RecipeError
-from medtune.data import templates
+from medtune.data import instructions, templates
 from medtune.data.formats import READERS, Malformed, Record, SourceError
 
 SHOWN_PROBLEMS = 5  # malformed lines quoted per source; the rest are counted
@@ -77,9 +78,11 @@ def build(data: DataConfig, recipe_file: str = "recipe",
         name = source_name(src)
         st = stats.setdefault(name, SourceStats(format=src.format))
         kept = _read(i, src, name, st, data, recipe_file, seen, progress)
+        own = _own_choices(i, src, name, recipe_file)
+        types = instructions.entity_types(rec.gold for _, rec in kept if rec.task == "ner-typed")
         for index, copy in _select(len(kept), src, name, data.mixture_seed):
             number, rec = kept[index]
-            samples.append(Sample(name, _instructed(rec, src, name, number, copy, data.mixture_seed)))
+            samples.append(Sample(name, _instructed(rec, own, types, name, number, copy, data.mixture_seed)))
             st.samples += 1
             if rec.source is not None:
                 st.origins[rec.source] = st.origins.get(rec.source, 0) + 1
@@ -169,11 +172,25 @@ def _select(n: int, src: SourceConfig, name: str, seed: int) -> list[tuple[int, 
     return chosen
 
 
-def _instructed(rec: Record, src: SourceConfig, name: str, number: int, copy: int,
-                seed: int) -> Record:
-    """`rec` with its drawn instruction: from the source's pool when it names
-    one, else from its task's pool when it has no instruction of its own."""
-    pool = src.instructions or (rec.task if not rec.instruction and rec.task in templates.POOLS else None)
-    if pool is None:
+def _own_choices(i: int, src: SourceConfig, name: str, recipe_file: str) -> tuple[str, ...] | None:
+    """The instructions the source's ``instructions:`` names, or None (records keep or draw their own)."""
+    if src.instructions is None:
+        return None
+    try:
+        return instructions.choices(src.instructions)
+    except ValueError as err:
+        raise RecipeError([f"{recipe_file}: data.sources.{i}.instructions ({name}): {err}"]) from None
+
+
+def _instructed(rec: Record, own: tuple[str, ...] | None, types: list[str], name: str, number: int,
+                copy: int, seed: int) -> Record:
+    """`rec` with its drawn instruction: from the source's own choices when it names
+    some, else from its task's pool when it has no instruction of its own;
+    ``{types}`` filled with the source's entity `types`."""
+    choices = own
+    if choices is None and not rec.instruction and rec.task in templates.POOLS:
+        choices = templates.POOLS[rec.task]
+    if choices is None:
         return rec
-    return dataclasses.replace(rec, instruction=templates.pick_instruction(pool, seed, name, number, copy))
+    text = templates.draw(choices, seed, name, number, copy)
+    return dataclasses.replace(rec, instruction=instructions.fill(text, types))

@@ -154,6 +154,9 @@ def fingerprint(recipe: Recipe, limit: SampleLimit | None = None) -> str:
             hash_path(h, f)
     else:
         h.update(f"{tok}@{recipe.model.revision}".encode())
+    added = {"pad_token": recipe.model.pad_token, "special_tokens": recipe.model.special_tokens}
+    if any(added.values()):  # tokens the recipe adds change the ids (absent: the keys of older caches)
+        h.update(json.dumps(added).encode())
     return h.hexdigest()[:16]
 
 

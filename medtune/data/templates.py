@@ -35,7 +35,9 @@ _NER_FORMAT = ("Write one line per token in the form 'token : TAG', using B for 
                "of {what}, I for each following token of it and O for every other token.")
 
 # Paraphrased instructions per pool; a source names its pool with
-# `instructions:` (default: the pool named like its task).
+# `instructions:` (default: the pool named like its task), or gives its own
+# (`medtune.data.instructions`). ``{types}`` becomes the entity types the
+# source's answers use (typed NER).
 POOLS: dict[str, tuple[str, ...]] = {
     "ner": (
         "Identify the biomedical entity mentions in the sentence below. " + _NER_FORMAT.format(what="a mention"),
@@ -73,18 +75,47 @@ POOLS: dict[str, tuple[str, ...]] = {
         + _NER_FORMAT.format(what="a mention"),
     ),
     "ner-typed": (
+        "Identify the named entities in the sentence below. Write one line per token in the form "
+        "'token : TAG', where TAG is B-TYPE for the first token of an entity, I-TYPE for each following "
+        "token (TYPE is one of {types}) and O for every other token.",
+        "Tag each token of the text with its entity type in BIO format (B-TYPE, I-TYPE or O, with TYPE "
+        "one of {types}). Output one 'token : TAG' line per token.",
+        "Perform typed named entity recognition on this sentence; the entity types are {types}. Answer "
+        "with one 'token : TAG' line per token, using B-TYPE, I-TYPE and O.",
+        "Label every token of the following sentence as B-TYPE (entity start), I-TYPE (entity "
+        "continuation) or O (outside), where TYPE is {types}. Write 'token : TAG' on its own line for "
+        "each token.",
+    ),
+    "ner-clinical": (
         "Identify the clinical entities in this sentence from a patient record. Write one line per "
         "token in the form 'token : TAG', where TAG is B-TYPE for the first token of an entity, "
-        "I-TYPE for each following token (TYPE is PROBLEM, TEST, TREATMENT, CLINICAL_DEPT, "
-        "EVIDENTIAL or OCCURRENCE) and O for every other token.",
-        "Tag each token of the clinical text with its entity type in BIO format (B-PROBLEM, I-PROBLEM, "
-        "B-TEST, I-TEST, B-TREATMENT, ..., or O). Output one 'token : TAG' line per token.",
-        "Perform typed named entity recognition on this clinical note sentence: problems, tests, "
-        "treatments, clinical departments, evidentials and occurrences. Answer with one "
-        "'token : TAG' line per token, using B-TYPE, I-TYPE and O.",
+        "I-TYPE for each following token (TYPE is {types}) and O for every other token.",
+        "Tag each token of the clinical text with its entity type in BIO format: B-TYPE, I-TYPE or O, "
+        "with TYPE one of {types}. Output one 'token : TAG' line per token.",
+        "Perform typed named entity recognition on this clinical note sentence; the entity types are "
+        "{types}. Answer with one 'token : TAG' line per token, using B-TYPE, I-TYPE and O.",
         "Label every token of the following clinical sentence as B-TYPE (entity start), I-TYPE "
-        "(entity continuation) or O (outside), with the entity type in upper case. Write "
-        "'token : TAG' on its own line for each token.",
+        "(entity continuation) or O (outside), where TYPE is {types}. Write 'token : TAG' on its own "
+        "line for each token.",
+    ),
+    "ner-bioentity-typed": (
+        "Find the molecular biology entities in the sentence below and give each its type ({types}). "
+        "Write one line per token in the form 'token : TAG', where TAG is B-TYPE for the first token "
+        "of an entity, I-TYPE for each following token and O for every other token.",
+        "Recognise bio-entities in this text, keeping their types: {types}. Output one 'token : TAG' "
+        "line per token, with TAG one of B-TYPE, I-TYPE or O.",
+        "Your task is typed bio-entity recognition over the classes {types}. Tag every token with "
+        "B-TYPE, I-TYPE or O and write 'token : TAG' on its own line for each token.",
+        "Mark the proteins, nucleic acids and cells of the following sentence by type ({types}) in "
+        "BIO format, one 'token : TAG' line per token.",
+    ),
+    "ner-species": (
+        "Find every species mentioned in the sentence below (organisms such as human, mouse or "
+        "Escherichia coli). " + _NER_FORMAT.format(what="a species name"),
+        "Recognise the names of species and organisms in this text. " + _NER_FORMAT.format(what="a species mention"),
+        "Your task is species named entity recognition. " + _NER_FORMAT.format(what="an organism name"),
+        "Mark the organisms mentioned in the following biomedical sentence. "
+        + _NER_FORMAT.format(what="a species name"),
     ),
     "re-i2b2": (
         "Classify the relation between the two clinical concepts marked @problem$, @test$ or "
@@ -139,7 +170,11 @@ POOLS: dict[str, tuple[str, ...]] = {
 
 def pick_instruction(pool: str, seed: int, source: str, index: int, copy: int = 0) -> str:
     """The instruction of record `index` of `source` (its `copy`-th repeat under a weight > 1)."""
-    choices = POOLS[pool]
+    return draw(POOLS[pool], seed, source, index, copy)
+
+
+def draw(choices: tuple[str, ...], seed: int, source: str, index: int, copy: int = 0) -> str:
+    """One of `choices` by a hash of (seed, source, index, copy): the same record always draws the same."""
     key = f"{seed}\x1f{source}\x1f{index}\x1f{copy}".encode()
     h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
     return choices[h % len(choices)]

@@ -29,12 +29,44 @@ def location(recipe: Recipe) -> str:
 
 
 def load(recipe: Recipe):
-    """The tokenizer named by the recipe (hub id or local directory)."""
+    """The tokenizer named by the recipe (hub id or local directory), with the recipe's tokens added.
+
+    ``model.pad_token`` and ``model.special_tokens`` are added as `add_tokens`
+    says; data preparation, training and the export all load it here, so
+    the ids of the added tokens are the same everywhere.
+    """
+    tok = load_base(recipe)
+    add_tokens(tok, recipe.model)
+    return tok
+
+
+def load_base(recipe: Recipe):
+    """The tokenizer as saved at its location, without the recipe's added tokens."""
     from transformers import AutoTokenizer
 
     m = recipe.model
     return AutoTokenizer.from_pretrained(location(recipe), revision=None if m.tokenizer else m.revision,
                                          trust_remote_code=m.trust_remote_code)
+
+
+def add_tokens(tok, model) -> list[str]:
+    """Add ``model.special_tokens`` then ``model.pad_token`` to `tok` in place; the tokens new to its vocabulary.
+
+    Special tokens are added as extra special tokens (never split, skipped by
+    ``decode(..., skip_special_tokens=True)``), keeping the tokenizer's own;
+    the pad token becomes ``tok.pad_token``, added only when it is not in the
+    vocabulary already (``<unk>``'s id for it means it is not). New tokens
+    take the ids after the last one, in the order given: ``len(tok)`` grows
+    by the number returned.
+    """
+    before = set(tok.get_vocab())
+    specials = [t for t in model.special_tokens if t]
+    if specials:
+        tok.add_special_tokens({"extra_special_tokens": specials}, replace_extra_special_tokens=False)
+    if model.pad_token:
+        tok.add_special_tokens({"pad_token": model.pad_token})
+    return [t for t in dict.fromkeys([*specials, *([model.pad_token] if model.pad_token else [])])
+            if t not in before]
 
 
 def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int) -> None:

@@ -54,7 +54,27 @@ def write_hf_dir(hf_dir: Path, net, tokenizer, stop_ids=()) -> None:
     for key, value in ids.items():
         setattr(gen, key, value)
     gen.save_pretrained(hf_dir)
-    tokenizer.save_pretrained(hf_dir)
+    save_for_generation(tokenizer, hf_dir)
+
+
+def save_for_generation(tokenizer, out_dir: Path) -> None:
+    """Save `tokenizer` (added tokens included) as a batched generator wants it.
+
+    It pads on the left (a decoder-only model continues the last token of
+    each row) and has a pad token: its own (``model.pad_token``), else its
+    EOS, so ``tokenizer(prompts, padding=True)`` and a ``pipeline`` with
+    ``batch_size`` work. EOS as the pad is used for padding prompts only:
+    the configs keep the training pad id (none), and training never pads
+    with a label, so the model still learns to end its answers with EOS.
+    The training tokenizer itself is not changed.
+    """
+    import copy
+
+    saved = copy.deepcopy(tokenizer)
+    saved.padding_side = "left"
+    if saved.pad_token is None and saved.eos_token is not None:
+        saved.pad_token = saved.eos_token
+    saved.save_pretrained(out_dir)
 
 
 def gather_and_save(engine, run_dir: Path, out_dir: Path, rank: int) -> None:

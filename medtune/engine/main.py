@@ -128,7 +128,7 @@ def build(r: Rank) -> Training:
     from transformers import set_seed
 
     from medtune.data.tokenize import stop_token_ids
-    from medtune.data.tokenizer import load as load_tokenizer
+    from medtune.data.tokenizer import add_tokens, load_base
     from medtune.engine import checkpoint, model, trainer, zero
     from medtune.models import configs
     from medtune.engine.metrics import Throughput
@@ -136,13 +136,20 @@ def build(r: Rank) -> Training:
 
     recipe, me, on_gpu, say, state = r.recipe, r.me, r.on_gpu, r.say, r.state
     set_seed(recipe.train.seed)
-    tokenizer = load_tokenizer(recipe)
+    tokenizer = load_base(recipe)
+    added = add_tokens(tokenizer, recipe.model)
     bf16 = recipe.model.dtype == "bf16" or (recipe.model.dtype == "auto" and on_gpu
                                             and torch.cuda.is_bf16_supported())
     hf_cfg = configs.hf_config(recipe.model)
-    if len(tokenizer) > hf_cfg.vocab_size:
-        raise config.RecipeError([f"{r.recipe_path}: model: the tokenizer has {len(tokenizer)} tokens "
-                                  f"but the model's vocab_size is {hf_cfg.vocab_size}"])
+    if len(tokenizer) - len(added) > hf_cfg.vocab_size:
+        raise config.RecipeError([f"{r.recipe_path}: model: the tokenizer has {len(tokenizer) - len(added)} "
+                                  f"tokens but the model's vocab_size is {hf_cfg.vocab_size}"])
+    # tokens the recipe added beyond the model's rows grow its embedding and output layers
+    vocab_rows = len(tokenizer) if len(tokenizer) > hf_cfg.vocab_size else None
+    if vocab_rows is not None:
+        say(f"tokenizer: {len(added)} added token(s) ({', '.join(added)}): the model grows from "
+            f"{hf_cfg.vocab_size} to {vocab_rows} rows, new rows the mean of the old")
+        hf_cfg.get_text_config().vocab_size = vocab_rows  # what the FLOP count and kernels see
     ds_cfg = zero.build_config(recipe, me.world, hf_cfg.hidden_size, bf16,
                                grad_accum=state.packs_per_step // me.world,
                                load_universal=r.universal is not None, hpz=r.zplan.hpz)
@@ -153,7 +160,8 @@ def build(r: Rank) -> Training:
     _probe_isolation(hf_cfg, kernels.attention, torch.device("cuda" if on_gpu else "cpu"), dtype, say)
     # the tokens that end a trained answer: the export's (and eval's) stop tokens
     stop_ids = stop_token_ids(tokenizer, recipe.data.template)
-    net = model.build(recipe.model, ds_cfg, dtype, kernels.attention.implementation, tokenizer, stop_ids)
+    net = model.build(recipe.model, ds_cfg, dtype, kernels.attention.implementation, tokenizer, stop_ids,
+                      vocab_rows)
     if me.rank == 0:
         _write_run_files(r.run, ds_cfg, net, tokenizer, stop_ids)
         hierarchy.write_plan(r.run, r.zplan)

@@ -11,7 +11,7 @@ recipe: it names held-out splits, read by the same readers as training
     template: paper
 
 Relative paths are taken relative to the recipe file. Each sample draws its
-instruction from its pool exactly as training does (`templates.pick_instruction`
+instruction from its pool (or the set's own list or file) exactly as training does (`templates.draw`
 with ``mixture_seed``, the set name and the record number), and the prompt is
 rendered by `templates.render`, so generation sees the training prompt.
 """
@@ -28,6 +28,7 @@ from pydantic.dataclasses import dataclass
 
 from medtune.config import read_yaml
 from medtune.base.errors import RecipeError
+from medtune.data.instructions import choices, is_file
 from medtune.data import tasks, templates
 from medtune.data.formats import READERS, Malformed, Record, SourceError
 
@@ -50,8 +51,9 @@ class EvalSet:
     """Split the reader picks (``devel``, ``test``, ...)."""
     tags: Literal["untyped", "typed"] = "untyped"
     """``conll`` only: ``untyped`` B/I/O or ``typed`` B-TYPE/I-TYPE (i2b2-2012)."""
-    instructions: str | None = None
-    """Instruction pool (a key of ``medtune.data.templates.POOLS``); default: the task's pool."""
+    instructions: str | list[str] | None = None
+    """A pool name, a list of instructions or a text file (relative to the recipe), as a training
+    source's ``instructions`` (`medtune.data.instructions`); default: the task's pool."""
     task: str | None = None
     """Task of every record (a key of ``medtune.data.tasks.TASKS``); default: the reader's."""
     limit: int | None = Field(default=None, ge=1)
@@ -103,6 +105,10 @@ def load(path: str | os.PathLike, overrides: dict | None = None) -> EvalRecipe:
         if isinstance(s, dict) and isinstance(s.get("path"), str):
             p = Path(os.path.expandvars(s["path"])).expanduser()
             s["path"] = str(p if p.is_absolute() else (here / p).resolve())
+        spec = s.get("instructions") if isinstance(s, dict) else None
+        if isinstance(spec, str) and is_file(spec):  # a text file beside the recipe, not a pool name
+            p = Path(os.path.expandvars(spec)).expanduser()
+            s["instructions"] = str(p if p.is_absolute() else (here / p).resolve())
     try:
         recipe = EvalRecipe(**tree)
     except ValidationError as err:
@@ -136,9 +142,11 @@ def _checks(r: EvalRecipe, where: str) -> list[str]:
         if s.format not in READERS:
             problems.append(f"{key}.format = {s.format!r}: unknown reader; use one of "
                             f"{', '.join(READERS)}")
-        if s.instructions is not None and s.instructions not in templates.POOLS:
-            problems.append(f"{key}.instructions = {s.instructions!r}: no such pool; use one of "
-                            f"{', '.join(templates.POOLS)}")
+        if s.instructions is not None:
+            try:
+                choices(s.instructions)
+            except ValueError as err:
+                problems.append(f"{key}.instructions: {err}")
         if s.task is not None and s.task not in tasks.TASKS:
             problems.append(f"{key}.task = {s.task!r}: not a scored task; use one of {', '.join(tasks.TASKS)}")
         if names.count(names[i]) > 1:
@@ -168,6 +176,7 @@ def read_set(s: EvalSet, mixture_seed: int = 0, limit: int | None = None) -> tup
     limit = min(x for x in (s.limit, limit) if x is not None) if (s.limit or limit) else None
     out: list[Sample] = []
     malformed = 0
+    own = choices(s.instructions) if s.instructions is not None else None  # checked by `load`
     try:
         for item in reader.read(s.path, **options):
             if isinstance(item, Malformed):
@@ -177,13 +186,19 @@ def read_set(s: EvalSet, mixture_seed: int = 0, limit: int | None = None) -> tup
                 break
             rec = item if s.task is None else Record(item.instruction, item.input, item.output,
                                                      s.task, item.gold, item.source)
-            pool = s.instructions or (rec.task if not rec.instruction and rec.task in templates.POOLS
-                                      else None)
+            pool = own if own is not None else (
+                templates.POOLS[rec.task] if not rec.instruction and rec.task in templates.POOLS else None)
             if pool is not None:
-                rec = Record(templates.pick_instruction(pool, mixture_seed, name, len(out)), rec.input,
+                rec = Record(templates.draw(pool, mixture_seed, name, len(out)), rec.input,
                              rec.output, rec.task, rec.gold, rec.source)
             out.append(Sample(name, len(out), rec))
     except SourceError as err:
         raise RecipeError([f"sets ({name}): {err}"]) from None
+    from medtune.data.instructions import TYPES, entity_types, fill
+
+    if any(TYPES in smp.record.instruction for smp in out):  # typed NER: name the set's types, as training does
+        types = entity_types(smp.record.gold for smp in out if smp.record.task == "ner-typed")
+        out = [dataclasses.replace(smp, record=dataclasses.replace(smp.record, instruction=fill(
+            smp.record.instruction, types))) for smp in out]
     return out, malformed
 

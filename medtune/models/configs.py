@@ -26,7 +26,13 @@ def hf_config(model: ModelConfig, tokenizer=None, stop_ids=()):
     if model.config is not None:
         cfg = dict(model.config)
         if tokenizer is not None:
-            cfg.update(special_token_ids(tokenizer, stop_ids))
+            ids = special_token_ids(tokenizer, stop_ids)
+            rows = cfg.get("vocab_size")
+            if isinstance(rows, int) and isinstance(ids["pad_token_id"], int) and ids["pad_token_id"] >= rows:
+                # an added pad token: its row exists only after `medtune.engine.model.grow_vocab`
+                # (which sets the id then); an embedding's padding_idx must lie inside it
+                ids["pad_token_id"] = None
+            cfg.update(ids)
         return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     return AutoConfig.from_pretrained(model.name_or_path, revision=model.revision,
                                       trust_remote_code=model.trust_remote_code)

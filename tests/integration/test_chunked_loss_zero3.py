@@ -119,7 +119,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def zero3_weights(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("zero3") / "weights.pt"
-    mp.spawn(_rank, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    try:
+        mp.spawn(_rank, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    except mp.ProcessExitedException as failed:
+        # CI once saw a rank die of SIGABRT here (a gloo connection torn down under load, not
+        # reproduced in 3 local runs); a second launch on a fresh port tells that apart from
+        # a real fault, which fails again
+        print(f"first launch failed ({failed}); launching once more on a fresh port")
+        out.unlink(missing_ok=True)
+        mp.spawn(_rank, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
     return torch.load(out)
 
 

@@ -43,7 +43,7 @@ def test_eval_recipe_errors_name_file_key_and_value(tmp_path):
     with pytest.raises(RecipeError) as err:
         sets.load(bad)
     assert "sets.0.format = 'nope': unknown reader" in str(err.value)
-    assert "sets.0.instructions = 'nopool': no such pool" in str(err.value)
+    assert "sets.0.instructions: unknown instruction pool 'nopool'" in str(err.value)
 
 
 def test_shards_cover_every_sample_once():
