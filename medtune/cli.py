@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     exp = verbs.add_parser("export", help="write a Hugging Face export from a run or checkpoint")
     exp.add_argument("source", help="a run directory (its newest checkpoint) or a checkpoint directory")
     exp.add_argument("--out", required=True, help="export directory")
+    exp.add_argument("--best", action="store_true",
+                     help="export the run's best checkpoint (checkpoints/best, train.best_metric)")
     _eval_parser(verbs)
     return p
 
@@ -495,7 +497,12 @@ def _export(args) -> int:
     from medtune.engine.export import export_checkpoint
 
     src = Path(args.source).resolve()
-    if (src / checkpoint.MARKER).is_file():
+    if args.best:
+        ckpt, run_dir = checkpoint.best_checkpoint(src), src
+        if ckpt is None:
+            raise UserError(f"{src}: --best: no best checkpoint (a run directory whose checkpoints/best "
+                            "names a complete checkpoint; train.best_metric records one)")
+    elif (src / checkpoint.MARKER).is_file():
         ckpt, run_dir = src, src.parent.parent
     else:
         ckpt, run_dir = checkpoint.latest(src), src
