@@ -99,13 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     doctor = verbs.add_parser("doctor", help="what this node has; exit 1 on what would stop a launch")
     doctor.add_argument("--hostfile", help="also check the hostfile and ssh to each host")
 
+    _export_parser(verbs)
+    _eval_parser(verbs)
+    return p
+
+
+def _export_parser(verbs) -> None:
     exp = verbs.add_parser("export", help="write a Hugging Face export from a run or checkpoint")
     exp.add_argument("source", help="a run directory (its newest checkpoint) or a checkpoint directory")
     exp.add_argument("--out", required=True, help="export directory")
     exp.add_argument("--best", action="store_true",
                      help="export the run's best checkpoint (checkpoints/best, train.best_metric)")
-    _eval_parser(verbs)
-    return p
 
 
 def _eval_parser(verbs) -> None:
