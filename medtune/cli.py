@@ -99,12 +99,18 @@ def _parser() -> argparse.ArgumentParser:
     doctor = verbs.add_parser("doctor", help="what this node has; exit 1 on what would stop a launch")
     doctor.add_argument("--hostfile", help="also check the hostfile and ssh to each host")
 
-    exp = verbs.add_parser("export", help="write a Hugging Face export from a run or checkpoint")
-    exp.add_argument("source", help="a run directory (its newest checkpoint) or a checkpoint directory")
-    exp.add_argument("--out", required=True, help="export directory")
+    _export_parser(verbs)
     _inspect_parser(verbs)
     _eval_parser(verbs)
     return p
+
+
+def _export_parser(verbs) -> None:
+    exp = verbs.add_parser("export", help="write a Hugging Face export from a run or checkpoint")
+    exp.add_argument("source", help="a run directory (its newest checkpoint) or a checkpoint directory")
+    exp.add_argument("--out", required=True, help="export directory")
+    exp.add_argument("--best", action="store_true",
+                     help="export the run's best checkpoint (checkpoints/best, train.best_metric)")
 
 
 def _inspect_parser(verbs) -> None:
@@ -514,7 +520,12 @@ def _export(args) -> int:
     from medtune.engine.export import export_checkpoint
 
     src = Path(args.source).resolve()
-    if (src / checkpoint.MARKER).is_file():
+    if args.best:
+        ckpt, run_dir = checkpoint.best_checkpoint(src), src
+        if ckpt is None:
+            raise UserError(f"{src}: --best: no best checkpoint (a run directory whose checkpoints/best "
+                            "names a complete checkpoint; train.best_metric records one)")
+    elif (src / checkpoint.MARKER).is_file():
         ckpt, run_dir = src, src.parent.parent
     else:
         ckpt, run_dir = checkpoint.latest(src), src

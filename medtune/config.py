@@ -122,6 +122,22 @@ class SourceConfig:
 
 
 @_section
+class ValidationConfig:
+    """Held-out data for ``eval/loss`` during training: give exactly one of
+    ``fraction``, ``samples`` or ``sources``."""
+    fraction: float | None = Field(default=None, gt=0, lt=1)
+    """Hold out this seeded fraction of each source's records (read, after
+    ``dedup``; at least one record per source, and at least one left to train on)."""
+    samples: int | None = Field(default=None, ge=1)
+    """Hold out this many seeded records of each source (at most all but one)."""
+    sources: list[SourceConfig] | None = None
+    """Explicit validation sources, same shape as ``data.sources`` (e.g. the
+    corpora's ``split: devel``); their ``cap`` limits them."""
+    seed: int = 0
+    """Seed of the held-out choice (``fraction``/``samples``)."""
+
+
+@_section
 class DataConfig:
     sources: list[SourceConfig] = Field(default_factory=list)
     """Instruction sources, each read into ``{instruction, input, output}``."""
@@ -146,6 +162,11 @@ class DataConfig:
     cache_dir: str | None = None
     """Where tokenized data is cached; default ``$MEDTUNE_CACHE`` or
     ``~/.cache/medtune``."""
+    validation: ValidationConfig | None = None
+    """Held-out validation data (``eval/loss``). A training record whose text
+    (instruction as read, input, output) equals a validation record's is
+    removed from training and counted; absent: no validation data, and the
+    training data is exactly what it was without this key."""
 
 
 @_section
@@ -189,6 +210,21 @@ class TrainConfig:
     per-micro-batch means, as older Trainers did) only reproduces old runs."""
     export: bool = True
     """Write a verified Hugging Face export at the end of training."""
+    eval_every: int = Field(default=0, ge=0)
+    """Evaluate every N optimizer steps and at the end (0: never): ``eval/loss``
+    over ``data.validation`` and the task metrics of ``eval_tasks``."""
+    eval_tasks: str | None = None
+    """An evaluation recipe (``recipes/eval/*.yaml``) whose task metrics
+    (``eval/<set>/<metric>``) are computed at each evaluation."""
+    eval_tasks_limit: int | None = Field(default=None, ge=1)
+    """Samples per set of ``eval_tasks`` (``None``: the evaluation recipe's own limit)."""
+    best_metric: str | None = None
+    """The logged metric that picks the best checkpoint (``eval/loss`` or
+    ``eval/<set>/<metric>``); a checkpoint is then written at every evaluation
+    and the best one is kept as ``checkpoints/best`` whatever ``keep_last`` says."""
+    best_mode: Literal["min", "max"] | None = None
+    """Whether lower or higher ``best_metric`` is better (default: ``min`` for
+    names ending in ``loss``, else ``max``)."""
 
 
 @_section
@@ -396,6 +432,7 @@ def _cross_checks(r: Recipe, check_files: bool = True) -> list[tuple[str, str]]:
                                        "or model.train_tokenizer"))
     if not r.data.sources:
         out.append(("data.sources", "no data sources: add at least one {path, format}"))
+    out += _evaluation_checks(r)
     for check in CHECKS:  # registered by the parts that know readers, pools, ...
         out += check(r, check_files)
     if r.zero.deepspeed_config is not None and not Path(r.zero.deepspeed_config).is_file():
@@ -413,6 +450,51 @@ def _cross_checks(r: Recipe, check_files: bool = True) -> list[tuple[str, str]]:
         out.append(("model.tokenizer", f"{m.tokenizer} does not exist (set model.train_tokenizer "
                                        "to train one there)"))
     return out
+
+
+BEST_METRIC = re.compile(r"^eval/(loss|[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)$")
+"""The form of ``train.best_metric``: ``eval/loss`` or ``eval/<set>/<metric>``."""
+
+
+def _evaluation_checks(r: Recipe) -> list[tuple[str, str]]:
+    """``data.validation`` and ``train.eval_*``/``best_*`` rules that span fields."""
+    out = []
+    v, t = r.data.validation, r.train
+    if v is not None and sum(x is not None for x in (v.fraction, v.samples, v.sources)) != 1:
+        out.append(("data.validation", "give exactly one of fraction (e.g. 0.05), samples (per source) "
+                                       "or sources (like data.sources)"))
+    elif v is not None and v.sources is not None and not v.sources:
+        out.append(("data.validation.sources", "an empty list: add at least one {path, format}"))
+    if t.eval_every and v is None and t.eval_tasks is None:
+        out.append(("train.eval_every", "nothing to evaluate: set data.validation (for eval/loss) "
+                                        "or train.eval_tasks"))
+    if t.eval_tasks is not None and not Path(t.eval_tasks).is_file():
+        out.append(("train.eval_tasks", f"{t.eval_tasks} does not exist (an evaluation recipe, "
+                                        "e.g. recipes/eval/shared-slice.yaml)"))
+    if (t.eval_tasks is not None or t.eval_tasks_limit is not None) and not t.eval_every:
+        key = "train.eval_tasks" if t.eval_tasks is not None else "train.eval_tasks_limit"
+        out.append((key, "needs train.eval_every (steps between evaluations)"))
+    if t.best_metric is None:
+        if t.best_mode is not None:
+            out.append(("train.best_mode", "needs train.best_metric (e.g. eval/loss)"))
+        return out
+    if not BEST_METRIC.match(t.best_metric):
+        out.append(("train.best_metric", f"{t.best_metric!r}: must be eval/loss or eval/<set>/<metric> "
+                                         "(e.g. eval/ncbi_disease/f1)"))
+    elif not t.eval_every:
+        out.append(("train.best_metric", "needs train.eval_every (steps between evaluations)"))
+    elif t.best_metric == "eval/loss" and v is None:
+        out.append(("train.best_metric", "eval/loss needs data.validation"))
+    elif t.best_metric != "eval/loss" and t.eval_tasks is None:
+        out.append(("train.best_metric", f"{t.best_metric} is a task metric: set train.eval_tasks"))
+    return out
+
+
+def best_mode(train: TrainConfig) -> str:
+    """``train.best_mode``, else ``min`` for a metric named ``...loss`` and ``max`` otherwise."""
+    if train.best_mode is not None:
+        return train.best_mode
+    return "min" if (train.best_metric or "").endswith("loss") else "max"
 
 
 def looks_local(value: str) -> bool:
@@ -617,7 +699,8 @@ def read_yaml(path: str | os.PathLike, text: str | None = None) -> Any:
 
 
 # Keys whose values are file paths, resolved against the file that sets them.
-_PATH_KEYS = ("model.name_or_path", "model.tokenizer", "zero.deepspeed_config", "data.cache_dir")
+_PATH_KEYS = ("model.name_or_path", "model.tokenizer", "zero.deepspeed_config", "data.cache_dir",
+              "train.eval_tasks")
 
 
 def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
@@ -665,13 +748,20 @@ def _resolve_paths(raw: dict, here: Path) -> None:
             model_key = leaf in ("name_or_path", "tokenizer")
             block[leaf] = _resolve(block[leaf], here, must_be_local=not model_key, partial=model_key)
     data = raw.get("data")
-    if isinstance(data, dict) and isinstance(data.get("sources"), list):
-        for src in data["sources"]:
-            if isinstance(src, dict) and isinstance(src.get("path"), str):
-                src["path"] = _resolve(src["path"], here, must_be_local=src.get("format") != "hub")
-            spec = src.get("instructions") if isinstance(src, dict) else None
-            if isinstance(spec, str) and ("/" in spec or "." in spec):  # a text file, not a pool name
-                src["instructions"] = _resolve(spec, here, must_be_local=True)
+    validation = data.get("validation") if isinstance(data, dict) else None
+    for block in (data, validation):
+        if isinstance(block, dict) and isinstance(block.get("sources"), list):
+            for src in block["sources"]:
+                _resolve_source(src, here)
+
+
+def _resolve_source(src, here: Path) -> None:
+    """Make a data source's `path` and instruction file (a value with "/" or ".") absolute, in place."""
+    if isinstance(src, dict) and isinstance(src.get("path"), str):
+        src["path"] = _resolve(src["path"], here, must_be_local=src.get("format") != "hub")
+    spec = src.get("instructions") if isinstance(src, dict) else None
+    if isinstance(spec, str) and ("/" in spec or "." in spec):  # a text file, not a pool name
+        src["instructions"] = _resolve(spec, here, must_be_local=True)
 
 
 def _resolve(value: str, here: Path, must_be_local: bool, partial: bool = False) -> str:

@@ -24,11 +24,18 @@ def source_problems(recipe: Recipe, check_files: bool = True) -> list[tuple[str,
     False skips what reads the file system (paths, unset ``$VARIABLES``).
     """
     d = recipe.data
+    out = _problems("data.sources", d.sources, check_files)
+    if d.validation is not None and d.validation.sources:
+        out += _problems("data.validation.sources", d.validation.sources, check_files)
+    return out
+
+
+def _problems(prefix: str, sources: list[SourceConfig], check_files: bool) -> list[tuple[str, str]]:
     out = []
     names: dict[str, int] = {}
     defaults = SourceConfig(path="-")
-    for i, src in enumerate(d.sources):
-        key = f"data.sources.{i}"
+    for i, src in enumerate(sources):
+        key = f"{prefix}.{i}"
         unset = re.search(r"\$\{?(\w+)", src.path)
         if unset and check_files:
             out.append((f"{key}.path", f"{src.path[unset.start():]}: ${unset.group(1)} is not set "

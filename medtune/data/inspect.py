@@ -137,15 +137,19 @@ def report(recipe_path: str, overrides: Sequence[str] = (), n: int = 2, color: b
             out(marked(row["input_ids"], row["labels"], tok, color))
 
     stats = prepared.stats
-    out(f"\n{'source':<24}{'records':>9}{'malformed':>10}{'dups':>6}{'samples':>9}"
+    out(f"\n{'source':<24}{'records':>9}{'malformed':>10}{'dups':>6}{'held out':>9}{'samples':>9}"
         f"{'min len':>9}{'mean len':>9}{'max len':>9}")
     for name, st in stats["sources"].items():
         ls = [lengths[i] for i in by_source.get(name, [])]
         span = (f"{min(ls):>9}{sum(ls) / len(ls):>9.1f}{max(ls):>9}" if ls else f"{'-':>9}" * 3)
         out(f"{name[:23]:<24}{st['records']:>9}{st['malformed']:>10}{st['duplicates']:>6}"
-            f"{st['samples']:>9}{span}")
+            f"{st.get('validation', 0):>9}{st['samples']:>9}{span}")
     total = sum(lengths)
-    out(f"{'all':<24}{'':>25}{len(lengths):>9}{min(lengths):>9}{total / len(lengths):>9.1f}{max(lengths):>9}")
+    out(f"{'all':<24}{'':>34}{len(lengths):>9}{min(lengths):>9}{total / len(lengths):>9.1f}{max(lengths):>9}")
+    if "validation" in stats:
+        v = stats["validation"]
+        out(f"validation (data.validation): {v['samples']} samples, {v['tokens']} tokens "
+            f"({v['label_tokens']} with loss)")
 
     d = recipe.data
     packs = pack(lengths, d.max_tokens)

@@ -53,6 +53,8 @@ class SourceStats:
     tokens: int = 0
     truncated: int = 0
     dropped: int = 0
+    validation: int = 0
+    """Records held out for validation, or removed as equal to a validation record."""
     origins: dict[str, int] = field(default_factory=dict)
     """Samples per ``source`` field value (mixed sets), when records have one."""
     first_problems: list[str] = field(default_factory=list)
@@ -70,27 +72,124 @@ def source_name(src: SourceConfig) -> str:
 
 def build(data: DataConfig, recipe_file: str = "recipe",
           progress: bool = True) -> tuple[list[Sample], dict[str, SourceStats]]:
-    """The mixture's samples, in recipe order, and per-source counts."""
-    samples: list[Sample] = []
-    stats: dict[str, SourceStats] = {}
+    """The mixture's training samples, in recipe order, and per-source counts."""
+    return split(data, recipe_file, progress).train
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and validation samples with their per-source counts."""
+    train: tuple[list[Sample], dict[str, SourceStats]]
+    validation: tuple[list[Sample], dict[str, SourceStats]] | None
+    overlap: int = 0
+    """Training records removed because their text equals a validation record's."""
+
+
+def content_key(rec: Record) -> tuple[str, str, str]:
+    """What makes two records the same text: instruction as read, input and output (as ``dedup``)."""
+    return (rec.instruction, rec.input, rec.output)
+
+
+def split(data: DataConfig, recipe_file: str = "recipe", progress: bool = True) -> Split:
+    """Training samples and, with ``data.validation``, validation samples that never share a text.
+
+    Held out per source (``fraction``/``samples``): a seeded choice of the
+    source's good records (after ``dedup``), keyed by (validation seed,
+    source name), taken before ``weight``/``cap``; the held-out records keep
+    their record numbers, so they draw the instruction they would have drawn
+    in training. Explicit ``sources`` are read like training sources (their
+    own ``dedup`` among themselves, ``cap`` applied). Either way a training
+    record whose `content_key` equals a validation record's is removed from
+    training and counted in its source's ``validation`` field (removed, not
+    refused: a devel split that repeats a few training sentences is common in
+    the BioNLP corpora). Without ``data.validation`` the training samples are
+    exactly those of a recipe without the key.
+    """
+    v = data.validation
     seen: set[tuple[str, str, str]] = set()
+    reads = []
+    stats: dict[str, SourceStats] = {}
     for i, src in enumerate(data.sources):
         name = source_name(src)
         st = stats.setdefault(name, SourceStats(format=src.format))
-        kept = _read(i, src, name, st, data, recipe_file, seen, progress)
-        own = _own_choices(i, src, name, recipe_file)
-        types = instructions.entity_types(rec.gold for _, rec in kept if rec.task == "ner-typed")
-        for index, copy in _select(len(kept), src, name, data.mixture_seed):
+        reads.append((src, name, st, _read(i, src, name, st, data, recipe_file, seen, progress)))
+    drawn = _drawing(data.sources, reads, recipe_file, "data.sources")
+    if v is None:
+        return Split(_mix(reads, data.mixture_seed, stats, drawn), None)
+    held = []  # (src, name, stats, records as read) of the validation set
+    if v.sources is not None:
+        vdata = dataclasses.replace(data, sources=v.sources, validation=None)
+        vseen: set[tuple[str, str, str]] = set()
+        for i, src in enumerate(v.sources):
+            name = source_name(src)
+            st = SourceStats(format=src.format)
+            held.append((src, name, st, _read(i, src, name, st, vdata, recipe_file, vseen, progress,
+                                              "data.validation.sources")))
+        held_drawn = _drawing(v.sources, held, recipe_file, "data.validation.sources")
+    else:
+        held_drawn = drawn  # held-out records draw what they would have drawn in training
+        for k, (src, name, st, kept) in enumerate(reads):
+            out = set(_held_out(len(kept), v.fraction, v.samples, v.seed, name))
+            held.append((src, name, SourceStats(format=src.format, records=len(out)),
+                         [r for j, r in enumerate(kept) if j in out]))
+            reads[k] = (src, name, st, [r for j, r in enumerate(kept) if j not in out])
+            st.validation += len(out)
+    keys = {content_key(r) for _, _, _, kept in held for _, r in kept}
+    overlap = 0
+    for k, (src, name, st, kept) in enumerate(reads):
+        clean = [(n, r) for n, r in kept if content_key(r) not in keys]
+        st.validation += len(kept) - len(clean)
+        overlap += len(kept) - len(clean)
+        reads[k] = (src, name, st, clean)
+    whole = v.sources is None  # a held-out record counts once; explicit sources keep weight and cap
+    return Split(_mix(reads, data.mixture_seed, stats, drawn),
+                 _mix(held, data.mixture_seed, {}, held_drawn, whole), overlap)
+
+
+def _drawing(sources: list[SourceConfig], reads, recipe_file: str,
+             key: str) -> list[tuple[tuple[str, ...] | None, list[str]]]:
+    """Per source of `reads` (in order): its own instruction choices (or None) and the entity
+    types of its typed NER records (read before any hold-out, so training and validation fill
+    ``{types}`` alike)."""
+    out = []
+    for i, (src, (_, name, _, kept)) in enumerate(zip(sources, reads)):
+        own = _own_choices(i, src, name, recipe_file, key)
+        out.append((own, instructions.entity_types(rec.gold for _, rec in kept if rec.task == "ner-typed")))
+    return out
+
+
+def _mix(reads, seed: int, stats: dict[str, SourceStats], drawn,
+         whole: bool = False) -> tuple[list[Sample], dict[str, SourceStats]]:
+    """Samples of `reads` ``(src, name, stats, kept records)``: weight, cap (unless `whole`),
+    instructions drawn from `drawn` (see `_drawing`, same order)."""
+    samples: list[Sample] = []
+    for (src, name, st, kept), (own, types) in zip(reads, drawn):
+        stats.setdefault(name, st)
+        chosen = [(j, 0) for j in range(len(kept))] if whole else _select(len(kept), src, name, seed)
+        for index, copy in chosen:
             number, rec = kept[index]
-            samples.append(Sample(name, _instructed(rec, own, types, name, number, copy, data.mixture_seed)))
+            samples.append(Sample(name, _instructed(rec, own, types, name, number, copy, seed)))
             st.samples += 1
             if rec.source is not None:
                 st.origins[rec.source] = st.origins.get(rec.source, 0) + 1
     return samples, stats
 
 
+def _held_out(n: int, fraction: float | None, count: int | None, seed: int, name: str) -> list[int]:
+    """Positions of the `n` records of source `name` held out for validation (a seeded choice).
+
+    ``fraction``: ``round(fraction * n)``, at least 1; ``count``: that many; either way at most
+    ``n - 1``, so every source keeps a record to train on (none is held out of a 1-record source).
+    """
+    k = max(1, round(fraction * n)) if fraction is not None else count or 0
+    k = min(k, n - 1)
+    if k <= 0:
+        return []
+    return sorted(random.Random(f"{seed}\x1f{name}\x1fvalidation").sample(range(n), k))
+
+
 def _read(i: int, src: SourceConfig, name: str, st: SourceStats, data: DataConfig,
-          recipe_file: str, seen: set, progress: bool) -> list[tuple[int, Record]]:
+          recipe_file: str, seen: set, progress: bool, key: str = "data.sources") -> list[tuple[int, Record]]:
     """The source's good, non-duplicate records with their record numbers."""
     from tqdm import tqdm
 
@@ -122,11 +221,11 @@ def _read(i: int, src: SourceConfig, name: str, st: SourceStats, data: DataConfi
                 seen.add(key)
             kept.append((number, item))
     except SourceError as err:
-        raise RecipeError([f"{recipe_file}: data.sources.{i} ({name}): {err}"]) from None
+        raise RecipeError([f"{recipe_file}: {key}.{i} ({name}): {err}"]) from None
     if data.strict and st.malformed:
         raise RecipeError([strict_problem(recipe_file, name, st.malformed, st.first_problems)])
     if not st.records:
-        raise RecipeError([f"{recipe_file}: data.sources.{i} ({name}): {src.path}: no usable samples "
+        raise RecipeError([f"{recipe_file}: {key}.{i} ({name}): {src.path}: no usable samples "
                            + _why_empty(st, excluded, src.include)])
     return kept
 
@@ -172,14 +271,15 @@ def _select(n: int, src: SourceConfig, name: str, seed: int) -> list[tuple[int, 
     return chosen
 
 
-def _own_choices(i: int, src: SourceConfig, name: str, recipe_file: str) -> tuple[str, ...] | None:
+def _own_choices(i: int, src: SourceConfig, name: str, recipe_file: str,
+                 key: str = "data.sources") -> tuple[str, ...] | None:
     """The instructions the source's ``instructions:`` names, or None (records keep or draw their own)."""
     if src.instructions is None:
         return None
     try:
         return instructions.choices(src.instructions)
     except ValueError as err:
-        raise RecipeError([f"{recipe_file}: data.sources.{i}.instructions ({name}): {err}"]) from None
+        raise RecipeError([f"{recipe_file}: {key}.{i}.instructions ({name}): {err}"]) from None
 
 
 def _instructed(rec: Record, own: tuple[str, ...] | None, types: list[str], name: str, number: int,

@@ -16,6 +16,7 @@ by an atomic rename only when complete, so a crash never leaves a half cache.
 The cache directory holds::
 
     arrow/        the dataset: input_ids, labels, length, n_labels, source, task
+    validation/   the same columns for ``data.validation`` (only when the recipe has one)
     stats.json    per source, per task, packing fill (written last: marks it complete)
     lengths.png   token-length histogram per task
 """
@@ -50,6 +51,7 @@ class Prepared:
     fingerprint: str
     stats: dict
     cache_hit: bool
+    validation: object = None  # datasets.Dataset with COLUMNS for data.validation, else None
 
 
 def prepare(recipe: Recipe, recipe_file: str = "recipe", log=print, model_context: bool = True) -> Prepared:
@@ -83,7 +85,8 @@ def prepare(recipe: Recipe, recipe_file: str = "recipe", log=print, model_contex
                 raise RecipeError([mixture.strict_problem(recipe_file, name, st["malformed"],
                                                           st["first_problems"])])
     _report(stats, limit, log)
-    return Prepared(load_from_disk(str(final / "arrow")), final, fp, stats, hit)
+    validation = load_from_disk(str(final / "validation")) if recipe.data.validation is not None else None
+    return Prepared(load_from_disk(str(final / "arrow")), final, fp, stats, hit, validation)
 
 
 @dataclass(frozen=True)
@@ -143,10 +146,15 @@ def fingerprint(recipe: Recipe, limit: SampleLimit | None = None) -> str:
     limit = limit or sample_limit(recipe)
     h = hashlib.sha256()
     d = recipe.data
-    h.update(json.dumps({"v": DATA_VERSION, "template": d.template, "max_tokens": d.max_tokens,
-                         "sample_tokens": limit.tokens, "overlong": d.overlong,
-                         "mixture_seed": d.mixture_seed, "dedup": d.dedup,
-                         "sources": sources_digest(recipe)}).encode())
+    keys = {"v": DATA_VERSION, "template": d.template, "max_tokens": d.max_tokens,
+            "sample_tokens": limit.tokens, "overlong": d.overlong,
+            "mixture_seed": d.mixture_seed, "dedup": d.dedup, "sources": sources_digest(recipe)}
+    if d.validation is not None:  # absent: the key as it was before validation existed
+        v = d.validation
+        keys["validation"] = {"fraction": v.fraction, "samples": v.samples, "seed": v.seed,
+                              "sources": None if v.sources is None else sources_digest(
+                                  dataclasses.replace(recipe, data=dataclasses.replace(d, sources=v.sources)))}
+    h.update(json.dumps(keys).encode())
     h.update(_code_digest().encode())
     tok = Path(location(recipe))
     if tok.is_dir():
@@ -190,14 +198,15 @@ def _ensure_tokenizer(recipe: Recipe, recipe_file: str, root: Path):
     with locked(root / "tokenizer.lock"):
         if where.exists():
             return None
-        built = mixture.build(recipe.data, recipe_file)  # raises when a source has no usable record
+        # the training sources whole, validation or not: one tokenizer per sources digest
+        built = mixture.build(dataclasses.replace(recipe.data, validation=None), recipe_file)
         texts = [templates.PAPER_PROMPT.format(instruction=s.record.instruction, input=s.record.input)
                  + " " + s.record.output for s in built[0]]
         if not texts:  # sentencepiece would stop with "[!sentences_.empty()]"
             raise RecipeError([f"{recipe_file}: data.sources: no text to train the tokenizer on "
                                "(model.train_tokenizer)"])
         train_sentencepiece(texts, where, m.train_tokenizer.vocab_size)
-        return built
+        return built if recipe.data.validation is None else None
 
 
 def _build(recipe: Recipe, recipe_file: str, final: Path, fp: str, limit: SampleLimit,
@@ -207,14 +216,26 @@ def _build(recipe: Recipe, recipe_file: str, final: Path, fp: str, limit: Sample
     from medtune.data.tokenizer import load as load_tokenizer
 
     d = recipe.data
-    samples, stats = built or mixture.build(d, recipe_file)
-    cols = _tokenize(samples, stats, d, load_tokenizer(recipe), recipe_file, limit)
+    parts = mixture.Split(built, None) if built else mixture.split(d, recipe_file)
+    samples, stats = parts.train
+    tokenizer = load_tokenizer(recipe)
+    cols = _tokenize(samples, stats, d, tokenizer, recipe_file, limit)
+    vcols = None
+    if parts.validation is not None:
+        vcols = _tokenize(*parts.validation, d, tokenizer, recipe_file, limit)
+        if not vcols["length"]:
+            raise RecipeError([f"{recipe_file}: data.validation: no validation samples (every source is "
+                               "too small to hold one out, or every one was dropped as overlong)"])
     if not cols["length"]:  # every source had records (mixture.build checks): overlong drops took all
         dropped = sum(s.dropped for s in stats.values())
         raise RecipeError([f"{recipe_file}: data.overlong = {d.overlong}: no usable samples: all "
                            f"{dropped} were dropped as longer than {limit.tokens} tokens ({limit.why})"])
     summary = _summary(stats, cols, d.max_tokens, fp, limit, d.overlong)
     summary["content_digest"] = _content_digest(cols)
+    if vcols is not None:
+        vsum = _summary(parts.validation[1], vcols, d.max_tokens, fp, limit, d.overlong)
+        summary["validation"] = {k: vsum[k] for k in ("samples", "tokens", "label_tokens", "sources", "packs")}
+        summary["validation"]["removed_from_training"] = parts.overlap
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{fp}-", dir=final.parent))
     try:
@@ -224,6 +245,9 @@ def _build(recipe: Recipe, recipe_file: str, final: Path, fp: str, limit: Sample
         # "Can't pickle <class 'MonthDayNano'>", seen on the lent H200)
         table = datasets.table.InMemoryTable.from_pydict(cols)
         datasets.Dataset(table, fingerprint=fp).save_to_disk(str(tmp / "arrow"))
+        if vcols is not None:
+            vtable = datasets.table.InMemoryTable.from_pydict(vcols)
+            datasets.Dataset(vtable, fingerprint=f"{fp}-validation").save_to_disk(str(tmp / "validation"))
         plot_lengths(_by_task(cols), d.max_tokens, tmp / "lengths.png", title=f"data {fp}")
         (tmp / "stats.json").write_text(json.dumps(summary, indent=2))  # last: marks it complete
         if final.exists():  # an older incomplete build: stats.json was missing
@@ -240,6 +264,11 @@ def _report(stats: dict, limit: SampleLimit, log) -> None:
             log(f"skipped malformed record: {problem}")
         if st["malformed"] > len(st["first_problems"]):
             log(f"... and {st['malformed'] - len(st['first_problems'])} more malformed in '{name}'")
+    if "validation" in stats:
+        v = stats["validation"]
+        log(f"validation: {v['samples']} samples, {v['label_tokens']} response tokens; "
+            f"{v['removed_from_training']} training record(s) with the text of a validation record "
+            "removed from training")
     if limit.tokens < limit.max_tokens:
         over = sum(st["truncated"] + st["dropped"] for st in stats["sources"].values())
         log(f"samples are limited to {limit.tokens} tokens: {limit.why}; {over} longer sample(s) "

@@ -8,6 +8,9 @@ Layout of ``RUN_DIR/checkpoints``::
       COMPLETE                     written last, after every rank finished writing
     universal/step-00000010/       made on demand to resume on another number of ranks
     latest                         name of the newest complete checkpoint
+    best -> step-00000008          the best checkpoint of ``train.best_metric`` (a symlink; a
+                                   file holding the name where symlinks cannot be made); never
+                                   deleted by ``keep_last``
 
 and ``RUN_DIR/finished.json`` once a run trained to its end (and exported).
 
@@ -70,6 +73,16 @@ class TrainerState:
     recipe: dict[str, Any] = field(default_factory=dict)
     """The training-relevant recipe fields (dotted keys) the run was started with."""
     data_fingerprint: str = ""
+    last_eval_step: int = 0
+    """The step of the latest evaluation (``train.eval_every``), 0 before any."""
+    best_metric: str | None = None
+    """``train.best_metric`` that `best_value` and `best_step` are of."""
+    best_value: float | None = None
+    best_step: int | None = None
+    """The step of the best evaluation so far; its checkpoint is ``checkpoints/best``."""
+
+
+BEST = "best"
 
 
 def tag_for(step: int) -> str:
@@ -113,6 +126,8 @@ def save(engine, run_dir: Path, state: TrainerState, rank: int, keep_last: int |
             write_atomic(out / "trainer_state.json", json.dumps(asdict(state), indent=2))
             write_atomic(out / MARKER, time.strftime("%Y-%m-%dT%H:%M:%S"))
             write_atomic(root / "latest", out.name)
+            if state.best_step is not None:
+                point_best(root, tag_for(state.best_step))
     _agree(failed, run_dir, out, rank)
     if rank == 0:
         prune(root, keep_last)
@@ -197,14 +212,16 @@ def _agree(failed: list[str], run_dir: Path, out: Path, rank: int) -> None:
 def prune(root: Path, keep_last: int | None) -> list[Path]:
     """Delete complete checkpoints beyond the newest `keep_last`, and leftovers older than them.
 
-    The newest complete checkpoint is never deleted.
+    The newest complete checkpoint and the best one (``checkpoints/best``)
+    are never deleted.
     """
     steps = sorted(root.glob("step-*"))
     complete = [p for p in steps if (p / MARKER).is_file()]
     if not complete:
         return []
     newest = complete[-1]
-    keep = set(complete[-keep_last:] if keep_last else complete) | {newest}
+    best = best_checkpoint(root.parent)
+    keep = set(complete[-keep_last:] if keep_last else complete) | {newest} | ({best} if best else set())
     doomed = [p for p in steps if p not in keep and p.name < newest.name]
     for p in doomed:
         shutil.rmtree(p, ignore_errors=True)
@@ -260,6 +277,41 @@ def finished(run_dir: Path) -> dict | None:
     return done if newest is not None and newest.name == done.get("checkpoint") else None
 
 
+def point_best(root: Path, name: str) -> None:
+    """Make ``root/best`` name checkpoint `name` (atomically: a symlink, else a file holding the name)."""
+    tmp = root / f".{BEST}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.symlink(name, tmp, target_is_directory=True)
+    except OSError:  # a file system without symlinks: a pointer file the readers follow alike
+        tmp.write_text(name)
+    os.replace(tmp, root / BEST)
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The complete checkpoint ``RUN/checkpoints/best`` names, or None (no best, or it is gone)."""
+    link = run_dir / "checkpoints" / BEST
+    try:
+        name = os.readlink(link) if link.is_symlink() else link.read_text().strip()
+    except OSError:
+        return None
+    found = link.parent / Path(name).name
+    return found if found.name.startswith("step-") and (found / MARKER).is_file() else None
+
+
+def repair_best(run_dir: Path, state: TrainerState) -> None:
+    """Point ``checkpoints/best`` at the best step `state` (a resumed one) records, if that checkpoint exists.
+
+    A kill between a checkpoint's ``COMPLETE`` and its ``best`` pointer, or a
+    resume from an older checkpoint, leaves the pointer behind its state.
+    """
+    if state.best_step is None:
+        return
+    root = run_dir / "checkpoints"
+    if (root / tag_for(state.best_step) / MARKER).is_file():
+        point_best(root, tag_for(state.best_step))
+
+
 def mark_finished(run_dir: Path, ckpt: Path, step: int, export: Path | None) -> None:
     """Record (rank 0) that the run trained to its end at checkpoint `ckpt`."""
     write_atomic(run_dir / FINISHED, json.dumps({"step": step, "checkpoint": ckpt.name,
@@ -294,14 +346,16 @@ def training_fields(recipe) -> dict[str, Any]:
     """The recipe fields that change what a run computes, as dotted keys.
 
     Left out: how often to save or log, where to cache, how to launch, ZeRO's
-    communication tuning and the compute kernels (none of which changes the
-    math beyond rounding); changing any other field under a resumed run is refused.
+    communication tuning, the compute kernels (none of which changes the
+    math beyond rounding) and evaluation (the validation set's effect on the
+    training data is in the data fingerprint); changing any other field under a resumed run is refused.
     """
     from medtune.config import to_dict
 
     skip = {"name", "launch", "logging", "zero", "data.cache_dir", "train.save_every",
             "train.keep_last", "train.export", "train.max_bad_steps", "kernels",
-            "model.gradient_checkpointing"}
+            "model.gradient_checkpointing", "data.validation", "train.eval_every", "train.eval_tasks",
+            "train.eval_tasks_limit", "train.best_metric", "train.best_mode"}
     out: dict[str, Any] = {}
 
     def walk(node, prefix):

@@ -40,6 +40,8 @@ class Training:
     state: object              # checkpoint.TrainerState (the checkpoint's, when resuming)
     kernels: object            # trainer.Kernels
     perf: object               # metrics.Throughput
+    validation: object = None  # trainer.PackedData of data.validation, or None
+    tokenizer: object = None
 
 
 def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bool = False) -> int:
@@ -189,20 +191,31 @@ def build(r: Rank) -> Training:
         record_steps(engine, r.run, me.rank, state.global_step)
     perf = Throughput(me.world, None if flop_model is None else recipe.logging.peak_tflops
                       or (peak_tflops(torch.cuda.get_device_name()) if on_gpu else None))
-    return Training(engine, data, state, kernels, perf)
+    validation = None if r.prepared.validation is None else trainer.PackedData.build(
+        r.prepared.validation, recipe.data.max_tokens, data.pad_id)
+    return Training(engine, data, state, kernels, perf, validation, tokenizer)
 
 
 def _train(r: Rank, t: Training, log) -> int:
     """Train to the end (or a stop), save, export and mark the run finished; the exit code."""
     from medtune.engine import checkpoint, export, trainer
 
+    from medtune.engine.evaluate import Evaluator
+
     recipe, rank, run, state = r.recipe, r.me.rank, r.run, t.state
 
     def save(s):
-        return checkpoint.save(t.engine, run, s, rank, recipe.train.keep_last)
+        out = checkpoint.save(t.engine, run, s, rank, recipe.train.keep_last)
+        r.say(f"checkpoint {out}" + (" (best)" if s.best_step == s.global_step else ""))
+        return out
 
+    evaluator = None
+    if recipe.train.eval_every:
+        evaluator = Evaluator(recipe, run, rank, r.me.world, t.validation, t.kernels, t.tokenizer, r.say)
+    if rank == 0:
+        checkpoint.repair_best(run, state)
     ended = trainer.run(t.engine, t.data, recipe, rank, r.me.world, state, log, save,
-                        lambda: r.stop["signum"] != 0, r.say, t.kernels, t.perf)
+                        lambda: r.stop["signum"] != 0, r.say, t.kernels, t.perf, evaluator)
     if ended == "signal":
         return exitcodes.PREEMPTED
     if ended == "bad_loss":
@@ -222,7 +235,18 @@ def _train(r: Rank, t: Training, log) -> int:
                                      run / "export" if recipe.train.export else None)
         except OSError as err:  # the run is done all the same; a rerun would resume and re-export
             r.say(f"recording that the run finished failed ({err})")
+        _closing_lines(r, state)
     return exitcodes.OK
+
+
+def _closing_lines(r: Rank, state) -> None:
+    """The best checkpoint (with ``train.best_metric``) and where to see the curves."""
+    t = r.recipe.train
+    if t.best_metric and state.best_step is not None:
+        r.say(f"best checkpoint: {r.run / 'checkpoints' / 'best'} -> step-{state.best_step:08d} "
+              f"({t.best_metric} {state.best_value:.4f}); export it: medtune export {r.run} --best --out DIR")
+    if r.recipe.logging.tensorboard:
+        r.say(f"learning curves: tensorboard --logdir {r.run / 'tensorboard'}")
 
 
 def _kernels(recipe: config.Recipe, device, dtype, head_dim: int, hf_cfg=None):

@@ -151,8 +151,12 @@ NAN_ENV = "MEDTUNE_TEST_NAN_AT_STEPS"  # test hook: comma-separated steps whose 
 
 def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: TrainerState,
         log: MetricsLog, save: Callable[[TrainerState], Path], stop: Callable[[], bool],
-        say: Callable[[str], None], kernels: Kernels, perf: Throughput) -> str:
+        say: Callable[[str], None], kernels: Kernels, perf: Throughput, evaluator=None) -> str:
     """Train from `state` (updated in place) to the end of the recipe.
+
+    `evaluator` (`medtune.engine.evaluate.Evaluator`) evaluates after the
+    steps it says are due, before any checkpoint of that step; with
+    ``train.best_metric`` every evaluated step is also checkpointed.
 
     Returns why it ended: ``done``, ``signal`` (a stop was requested: the step
     in progress was finished and saved) or ``bad_loss`` (too many non-finite
@@ -216,16 +220,31 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
                 say(f"stopping: {state.bad_steps_in_row} non-finite steps in a row; the checkpoint of "
                     f"step {state.global_step} holds the last good weights (no update was applied since)")
                 return "bad_loss"
-            if shared[1].item() > 0:
-                save(state)
-                say(f"stop requested: checkpoint of step {state.global_step} written")
+            if _evaluate_and_save(engine, state, t, total, evaluator, log, save, shared[1].item() > 0, say):
                 return "signal"
-            if t.save_every and state.global_step % t.save_every == 0 and state.global_step < total:
-                save(state)
+        if evaluator is not None and evaluator.every and state.last_eval_step != state.global_step:
+            evaluator(engine, state, log)  # resumed at the end, past its evaluation
         return "done"
     finally:
         bar.close()
         say(perf.summary())
+
+
+def _evaluate_and_save(engine, state: TrainerState, t, total: int, evaluator, log: MetricsLog,
+                       save: Callable[[TrainerState], Path], stop: bool, say: Callable[[str], None]) -> bool:
+    """After a step: evaluate if due, then checkpoint (stop requested, ``save_every``, or an
+    evaluation under ``train.best_metric``); True when the run must stop now."""
+    evaluated = evaluator is not None and evaluator.due(state.global_step, total)
+    if evaluated:
+        evaluator(engine, state, log)
+    if stop:
+        save(state)
+        say(f"stop requested: checkpoint of step {state.global_step} written")
+        return True
+    periodic = t.save_every and state.global_step % t.save_every == 0
+    if (periodic or (evaluated and t.best_metric)) and state.global_step < total:
+        save(state)
+    return False
 
 
 def _advance(state: TrainerState, samples: int, steps_in_epoch: int, bad: bool) -> None:

@@ -64,7 +64,7 @@ def test_each_family_trains_two_steps_under_two_rank_zero3(family, model_recipe,
     assert r.model.family == family
     run = tmp_path / "run"
     medtune("train", str(recipe), "--run-dir", str(run))
-    assert [m["step"] for m in metrics(run)] == [1, 2]
+    assert [m["step"] for m in metrics(run) if "train/loss" in m] == [1, 2]  # the demo evaluates at the end
     assert (run / "hf" / "config.json").read_text().count(f'"model_type": "{FAMILIES[family].model_type}"') == 1
     # the export stops where training taught it to: the trained tokenizer's <s> = 1, </s> = 2, no
     # pad (qwen2's inline config has no bos/eos at all), and </s> ends every trained sample
@@ -150,4 +150,4 @@ def test_llamafactory_deepspeed_json_trains_with_the_sizes_medtune_derives(tmp_p
     assert (z["reduce_bucket_size"], z["stage3_prefetch_bucket_size"], z["stage3_param_persistence_threshold"]) \
         == (hidden * hidden, int(0.9 * hidden * hidden), 10 * hidden)
     assert used == build_config(config.load(run / "recipe.yaml"), 2, hidden, False)
-    assert [m["step"] for m in metrics(run)] == [1, 2]
+    assert [m["step"] for m in metrics(run) if "train/loss" in m] == [1, 2]  # the demo evaluates at the end

@@ -99,3 +99,23 @@ def test_a_failed_save_is_recorded_whatever_it_raises():
                       "OSError: [Errno 28] No space left on device"]
     with pytest.raises(KeyboardInterrupt), _recorded(failed):
         raise KeyboardInterrupt  # not a failure of the save: never swallowed
+
+
+def test_the_best_checkpoint_survives_keep_last_and_is_found_through_its_pointer(tmp_path):
+    """transformers#15089 / #11748: the best checkpoint deleted under save_total_limit."""
+    from medtune.engine.checkpoint import BEST, best_checkpoint, point_best, repair_best
+
+    root = tmp_path / "checkpoints"
+    for s in (2, 4, 6):
+        _ckpt(tmp_path, s)
+    point_best(root, "step-00000002")
+    assert prune(root, keep_last=1) == [root / "step-00000004"]
+    assert best_checkpoint(tmp_path) == root / "step-00000002"
+    assert latest(tmp_path).name == "step-00000006"  # `best` is not a step-* checkpoint
+    (root / BEST).unlink()
+    (root / BEST).write_text("step-00000006\n")  # a file system without symlinks: a pointer file
+    assert best_checkpoint(tmp_path) == root / "step-00000006"
+    repair_best(tmp_path, TrainerState(best_step=2))  # a kill between COMPLETE and the pointer
+    assert best_checkpoint(tmp_path) == root / "step-00000002"
+    (root / "step-00000002" / MARKER).unlink()
+    assert best_checkpoint(tmp_path) is None

@@ -34,7 +34,9 @@ def test_demo_names_its_source_with_its_count_and_shows_masked_samples():
     assert first.count("[[") == 1 and "### Output:[[ " in first and first.rstrip().endswith("</s>]]")
     assert "### Instruction:" in first.split("[[")[0]
     # per-source counts and lengths, packing fill
-    assert re.search(r"^demo +360 +0 +0 +360 +\d+ +[\d.]+ +\d+$", text, re.M)
+    # the demo holds out 5% for validation (data.validation): round(0.05 * 360) = 18
+    assert re.search(r"^demo +360 +0 +0 +18 +342 +\d+ +[\d.]+ +\d+$", text, re.M)
+    assert re.search(r"^validation \(data\.validation\): 18 samples, \d+ tokens", text, re.M)
     assert re.search(r"packs of 1024: fill \d+\.\d%; \d+ optimizer steps per epoch at 2 rank\(s\) x 2", text)
     assert "nothing launched" in text
 
@@ -49,8 +51,8 @@ def test_a_two_source_recipe_names_each_source_with_its_count(tmp_path):
         "data": {"sources": [{"path": "ncbi_disease", "format": "conll", "name": "ncbi"},
                              {"path": "mednli", "format": "mednli", "weight": 2.0}]}})
     text = _inspect(str(recipe), n=1)
-    assert re.search(r"^ncbi +4 +0 +0 +4 ", text, re.M)
-    assert re.search(r"^mednli +5 +0 +0 +10 ", text, re.M)
+    assert re.search(r"^ncbi +4 +0 +0 +0 +4 ", text, re.M)
+    assert re.search(r"^mednli +5 +0 +0 +0 +10 ", text, re.M)
     assert re.search(r"^all +14 ", text, re.M)
     assert re.search(r"^  data\.sources\.1\.weight = 2\.0 +\S*two\.yaml$", text, re.M)
     ncbi = text.split("--- ncbi #0", 1)[1].split("--- mednli", 1)[0]
