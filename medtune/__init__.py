@@ -5,3 +5,4 @@ __version__ = "0.1.0"
 # The data part registers its recipe checks with medtune.config (which imports no
 # reader): importing any medtune module runs this first, so they are always there.
 import medtune.data.checks  # noqa: E402,F401
+import medtune.engine.trackers  # noqa: E402,F401  (logging.report_to's client check)

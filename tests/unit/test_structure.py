@@ -119,7 +119,8 @@ def test_the_data_checks_are_registered_whatever_is_imported_first():
     done = subprocess.run([sys.executable, "-c", "import medtune.config as c; "
                            "print([f.__module__ + '.' + f.__name__ for f in c.CHECKS])"],
                           cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "['medtune.data.checks.source_problems']", done.stderr
+    assert done.stdout.strip() == ("['medtune.data.checks.source_problems', "
+                                   "'medtune.engine.trackers.check_clients']"), done.stderr
 
 
 def test_data_and_evaluation_take_their_errors_from_the_base():
