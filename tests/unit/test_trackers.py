@@ -79,8 +79,11 @@ def wandb_ids(run_dir: Path) -> set[str]:
 
 def mlflow_series(run_dir: Path) -> tuple[dict, dict[str, list[tuple[int, float]]]]:
     """``(params, {metric: [(step, value), ...]})`` of the MLflow run named in RUN_DIR/trackers.json."""
+    import os
+
     from mlflow.tracking import MlflowClient
 
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store only then
     ids = json.loads((run_dir / trackers.IDS_FILE).read_text())["mlflow"]
     client = MlflowClient(tracking_uri=ids["uri"])
     run = client.get_run(ids["id"])
