@@ -227,3 +227,35 @@ def test_other_ranks_open_no_tracker(tmp_path, offline):
     log.log(1, {"train/loss": 1.0})
     log.close()
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- public reports turned into inputs ---------------------------------------------------------
+
+def test_a_config_value_over_mlflows_limit_neither_stops_the_run_nor_loses_metrics(tmp_path, offline):
+    """transformers#9210 / Lightning#5892 / mlflow#10512: a parameter longer than MLflow's limit
+    (a nested config sent as one string) raised MlflowException and broke training. medtune sends
+    dotted leaves; a leaf still too long (a 1,000-layer ``layer_types`` list) is cut by MLflow 3."""
+    run = tmp_path / "run"
+    run.mkdir()
+    layers = ["full_attention"] * 1000
+    recipe = config.load(DEMO, ["logging.report_to=[mlflow,wandb]",
+                                f"model.config.layer_types=[{','.join(layers)}]"])
+    _log_steps(run, recipe, range(1, 3))
+    params, got = mlflow_series(run)
+    assert got == jsonl_series(run)
+    assert len(json.dumps(layers)) > 6000 and params["model.config.layer_types"] == json.dumps(layers)[:6000]
+    assert wandb_config(run)["model.config.layer_types"] == layers
+
+
+def test_a_resume_with_a_changed_recipe_keeps_the_first_config(tmp_path, offline):
+    """transformers#9210's second failure, and MLflow's rule that a logged param never changes: a run
+    resumed with ``--allow-changed`` (another lr) must not re-log the config, or MLflow refuses it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _log_steps(run, config.load(DEMO, ["logging.report_to=[mlflow,wandb]", "train.lr=0.5"]), range(1, 4))
+    _log_steps(run, config.load(DEMO, ["logging.report_to=[mlflow,wandb]", "train.lr=0.25"]), range(3, 5),
+               resume_step=2)
+    params, got = mlflow_series(run)
+    assert params["train.lr"] == "0.5"
+    assert wandb_config(run)["train.lr"] == 0.5
+    assert {k: sorted(dict(v).items()) for k, v in got.items()} == jsonl_series(run)
