@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from medtune.engine.checkpoint import tag_for
 from tests.conftest import RECIPES, SHARED_DATA, needs_shared_data
 from tests.integration.helpers import medtune, metrics, write_recipe
 
@@ -26,7 +27,7 @@ def test_task_metrics_logged_during_training_equal_medtune_eval_of_that_checkpoi
     })
     recipe = write_recipe(tmp_path / "train.yaml", {
         "base": [str(RECIPES / "demo.yaml")],
-        "train": {"max_steps": 4, "save_every": 2, "eval_every": 2, "eval_tasks": str(tasks)},
+        "train": {"max_steps": 12, "save_every": 6, "eval_every": 6, "eval_tasks": str(tasks)},
         "logging": {"progress": False},
     })
     run = tmp_path / "run"
@@ -35,13 +36,14 @@ def test_task_metrics_logged_during_training_equal_medtune_eval_of_that_checkpoi
     for row in metrics(run):
         if any(k.startswith("eval/") for k in row):
             logged.setdefault(row["step"], {}).update(row)
-    assert sorted(logged) == [2, 4]
-    for step in (2, 4):
+    assert sorted(logged) == [6, 12]
+    for step in (6, 12):
         got = logged[step]
         export, out = tmp_path / f"export-{step}", tmp_path / f"eval-{step}"
-        medtune("export", str(run / "checkpoints" / f"step-{step}"), "--out", str(export))
+        medtune("export", str(run / "checkpoints" / tag_for(step)), "--out", str(export))
         medtune("eval", "--model", str(export), "--recipe", str(tasks), "--out", str(out))
         want = json.loads((out / "results.json").read_text())["sets"]
+        print(step, {k: v for k, v in got.items() if k.endswith(("/f1", "/accuracy", "failure_rate"))})
         assert got["eval/ncbi-disease-test/f1"] == want["ncbi-disease-test"]["metrics"]["f1"]
         assert got["eval/pubmedqa-test/accuracy"] == want["pubmedqa-test"]["metrics"]["accuracy"]
         for name, e in want.items():

@@ -36,11 +36,51 @@ def run_driver(model, recipe, run_dir, step: int) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=400, env=env)
 
 
-@pytest.mark.parametrize("batch_size", [2])
-def test_task_metrics_under_zero3_equal_medtune_eval(tmp_path, batch_size):
-    # batch 2 with shares of 3 and 2 samples: rank 0 makes 2 generate calls, rank 1 only 1 of its own
+def stop_early_on_rank_1(model_dir, recipe) -> int:
+    """Make the answer of sample 1 (rank 1's) stop after a few tokens while rank 0's run on.
+
+    Greedy ids of every sample from the plain model; the first token of sample 1's answer
+    (after its first) that no rank-0 answer holds becomes one more stop id of the model's
+    generation config, which `medtune eval` and `task_metrics` both stop on. Returns it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from medtune.evaluation import generate as gen
+    from medtune.evaluation import run, sets
+
+    r = sets.load(recipe)
+    samples = [x for _, xs, _ in run._load_sets(r, str(recipe), None, None) for x in xs]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    net = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    stops = run.stops(net, tok, r.template)
+    ids = []
+    with torch.no_grad():
+        for x in samples:
+            p = torch.tensor([gen.prompt_ids(x.record, r.template, tok)])
+            out = net.generate(input_ids=p, attention_mask=torch.ones_like(p), do_sample=False,
+                               max_new_tokens=r.generation.max_new_tokens, eos_token_id=stops)
+            ids.append(out[0, p.shape[1]:].tolist())
+    rank0 = {t for i in range(0, len(ids), 2) for t in ids[i]}
+    assert all(len(ids[i]) == r.generation.max_new_tokens for i in range(0, len(ids), 2))  # none stops
+    stop = next(t for t in ids[1][1:-2] if t not in rank0)
+    cfg = GenerationConfig.from_pretrained(model_dir)
+    eos = cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id]
+    cfg.eos_token_id = [*(e for e in eos if e is not None), stop]
+    cfg.save_pretrained(model_dir)
+    return stop
+
+
+@pytest.mark.parametrize("batch_size,early_stop", [(2, False), (1, True)])
+def test_task_metrics_under_zero3_equal_medtune_eval(tmp_path, batch_size, early_stop):
+    """batch 2, shares of 3 and 2 samples: rank 0 makes 2 generate calls, rank 1 only 1 of its own.
+    batch 1 with an early stop on rank 1 (transformers#18281, DeepSpeed#2022, DeepSpeedExamples#636:
+    under ZeRO-3 a rank whose generation ends first stops joining the parameter gathers and the
+    others hang unless ``synced_gpus=True``): rank 1's answer ends after a few tokens, rank 0's run on."""
     model = save_tiny_model(tmp_path / "model", seed=3)
     recipe = eval_recipe(tmp_path / "eval.yaml", batch_size)
+    if early_stop:
+        stop_early_on_rank_1(model, recipe)
     run = tmp_path / "run"
     run.mkdir()
     proc = run_driver(model, recipe, run, step=7)
@@ -66,3 +106,6 @@ def test_task_metrics_under_zero3_equal_medtune_eval(tmp_path, batch_size):
     assert got["eval/ncbi-disease-test/lenient_f1"] == want["ncbi-disease-test"]["metrics"]["lenient"]["f1"]
     assert got["eval/pubmedqa-test/accuracy"] == want["pubmedqa-test"]["metrics"]["accuracy"]
     assert json.loads((step_dir / "results.json").read_text())["sets"] == want
+    answers = [json.loads(line)["answer"] for line in (out / "generations.jsonl").read_text().splitlines()]
+    if early_stop:  # the run really had ranks ending at different tokens
+        assert len(answers[1]) < min(len(answers[i]) for i in (0, 2, 4)), answers
