@@ -65,13 +65,18 @@ def task_metrics(engine, tokenizer, recipe, step: int, run_dir: Path, rank: int,
     loaded = run._load_sets(eval_recipe, path, getattr(recipe.train, "eval_tasks_limit", None), None)
     samples = [smp for _, set_samples, _ in loaded for smp in set_samples]
     model = getattr(engine, "module", engine)
-    device = next(iter(model.buffers()), None)
-    device = getattr(engine, "device", None) or (device.device if device is not None else "cpu")
+    device = getattr(engine, "device", None) or model.device
+    trained = getattr(getattr(recipe, "data", None), "template", eval_recipe.template)
+    if rank == 0 and trained != eval_recipe.template:
+        say(f"{path}: template {eval_recipe.template!r} is not the one this run trains with "
+            f"({trained!r}): the prompts differ from training's")
+    progress = bool(getattr(getattr(recipe, "logging", None), "progress", True))
 
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     began = time.perf_counter()
     with torch.random.fork_rng(devices=devices), _generating(model):
-        answers = _generate_sharded(model, tokenizer, eval_recipe, samples, rank, world, device, step)
+        answers = _generate_sharded(model, tokenizer, eval_recipe, samples, rank, world, device, step,
+                                    progress)
     took = time.perf_counter() - began
     metrics = None
     if rank == 0:
@@ -88,7 +93,7 @@ def task_metrics(engine, tokenizer, recipe, step: int, run_dir: Path, rank: int,
 
 
 def _generate_sharded(model, tokenizer, eval_recipe, samples, rank: int, world: int, device,
-                      step: int) -> dict[int, str] | None:
+                      step: int, progress: bool = True) -> dict[int, str] | None:
     """Every rank generates its round-robin share in lockstep; rank 0 gets all answers (others None)."""
     from tqdm import tqdm
 
@@ -99,8 +104,8 @@ def _generate_sharded(model, tokenizer, eval_recipe, samples, rank: int, world: 
         gen.prompt_ids(samples[0].record, eval_recipe.template, tokenizer)
     padded = prompts + [filler] * (share - len(prompts))
     g = eval_recipe.generation
-    bar = tqdm(total=len(padded), desc=f"eval step {step}", unit="sample", disable=rank != 0,
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(total=len(padded), desc=f"eval step {step}", unit="sample",
+               disable=rank != 0 or not progress, dynamic_ncols=True, leave=False)
     try:
         texts = gen.generate(model, tokenizer, padded, g.max_new_tokens, g.num_beams, g.batch_size,
                              device, progress=bar.update,
