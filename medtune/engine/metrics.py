@@ -3,14 +3,17 @@
 ``data_order.jsonl`` lists the samples of every optimizer step, so anyone can
 check that a resumed run saw each sample exactly once. A run resumed from
 step N first drops whatever an interrupted run logged after N (TensorBoard
-through ``purge_step``; see `medtune.engine.trackers` for W&B and MLflow), so the curves continue without a gap or overlap.
+through ``purge_step``; see `medtune.engine.trackers` for W&B and MLflow), so
+the curves continue without a gap or overlap. A tracker that fails (its
+service down, not logged in) is reported in one line and dropped: the run goes on.
 """
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from medtune.engine import trackers
 
 
 class MetricsLog:
@@ -27,16 +30,18 @@ class MetricsLog:
             path = run_dir / name
             _truncate_after(path, resume_step)
             self._files[name] = open(path, "a", buffering=1)
-        from medtune.engine import trackers
-
         self._trackers = trackers.open_all(recipe, run_dir, resume_step)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.active:
             return
         self._files["metrics.jsonl"].write(json.dumps({"step": step, **scalars}) + "\n")
-        for tracker in self._trackers:
-            tracker.log(step, scalars)
+        for tracker in list(self._trackers):
+            try:
+                tracker.log(step, scalars)
+            except Exception as err:  # noqa: BLE001 (a tracker service's failure is not the run's)
+                self._trackers.remove(tracker)
+                trackers.failed(tracker.name, f"logging step {step} failed", err)
 
     def order(self, step: int, epoch: int, samples: list[int]) -> None:
         if self.active:
@@ -52,8 +57,7 @@ class MetricsLog:
             try:
                 tracker.close()
             except Exception as err:  # noqa: BLE001 (a tracker service's failure is not the run's)
-                print(f"[medtune] ending the {type(tracker).__name__} run failed: {err}",
-                      file=sys.stderr, flush=True)
+                trackers.failed(tracker.name, "ending its run failed", err)
 
 
 def _truncate_after(path: Path, step: int) -> None:

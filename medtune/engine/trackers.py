@@ -31,6 +31,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -96,6 +97,8 @@ def flatten(tree, prefix: str = "") -> dict[str, object]:
 class Tracker:
     """One tracker's client: `log` scalars at a step, `close` at the end."""
 
+    name = "tracker"
+
     def log(self, step: int, scalars: dict[str, float]) -> None:
         raise NotImplementedError
 
@@ -104,6 +107,8 @@ class Tracker:
 
 
 class TensorBoard(Tracker):
+    name = "tensorboard"
+
     def __init__(self, run_dir: Path, resume_step: int):
         from torch.utils.tensorboard import SummaryWriter
 
@@ -119,6 +124,8 @@ class TensorBoard(Tracker):
 
 class WandB(Tracker):
     """A W&B run (``wandb.init``); resumed by id when the medtune run resumes."""
+
+    name = "wandb"
 
     def __init__(self, run_dir: Path, name: str, config: dict, run_id: str | None):
         import wandb
@@ -138,6 +145,7 @@ class WandB(Tracker):
 class MLflow(Tracker):
     """An MLflow run through `MlflowClient` (no global active run); resumed by run id."""
 
+    name = "mlflow"
     MAX_PARAMS = 100  # per log_batch call (MLflow's limit)
 
     def __init__(self, run_dir: Path, name: str, config: dict, run_id: str | None, uri: str | None):
@@ -182,19 +190,29 @@ def open_all(recipe: Recipe, run_dir: Path, resume_step: int) -> list[Tracker]:
     saved = json.loads(ids_path.read_text()) if resume_step > 0 and ids_path.is_file() else {}
     config = flatten(recipe) if {"wandb", "mlflow"} & set(names) else {}
     config["run_dir"] = str(run_dir.resolve())
-    out: list[Tracker] = []
+    out: dict[str, Tracker] = {}
     for name in names:
-        if name == "tensorboard":
-            out.append(TensorBoard(run_dir, resume_step))
-        elif name == "wandb":
-            out.append(WandB(run_dir, recipe.name, config, saved.get("wandb", {}).get("id")))
-        elif name == "mlflow":
-            prev = saved.get("mlflow", {})
-            out.append(MLflow(run_dir, recipe.name, config, prev.get("id"), prev.get("uri")))
+        try:
+            if name == "tensorboard":
+                out[name] = TensorBoard(run_dir, resume_step)
+            elif name == "wandb":
+                out[name] = WandB(run_dir, recipe.name, config, saved.get("wandb", {}).get("id"))
+            elif name == "mlflow":
+                prev = saved.get("mlflow", {})
+                out[name] = MLflow(run_dir, recipe.name, config, prev.get("id"), prev.get("uri"))
+        except Exception as err:  # noqa: BLE001 (a tracker service down or not logged in)
+            failed(name, "could not start", err)
     ids = {n: {"id": t.id, **({"uri": t.uri} if n == "mlflow" else {})}
-           for n, t in zip(names, out) if n != "tensorboard"}
+           for n, t in out.items() if n != "tensorboard"}
     if ids:
         from medtune.fsutil import write_atomic
 
         write_atomic(ids_path, json.dumps(ids, indent=2) + "\n")
-    return out
+    return list(out.values())
+
+
+def failed(name: str, what: str, err: BaseException) -> None:
+    """One line on stderr for a tracker that failed (it is dropped; metrics.jsonl keeps everything)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    print(f"[medtune] {name}: {what} ({first}); no longer logging to it, metrics.jsonl has every metric",
+          file=sys.stderr, flush=True)

@@ -259,3 +259,28 @@ def test_a_resume_with_a_changed_recipe_keeps_the_first_config(tmp_path, offline
     assert params["train.lr"] == "0.5"
     assert wandb_config(run)["train.lr"] == 0.5
     assert {k: sorted(dict(v).items()) for k, v in got.items()} == jsonl_series(run)
+
+
+def test_a_failing_tracker_is_dropped_in_one_line_and_the_run_goes_on(tmp_path, offline, monkeypatch, capsys):
+    """transformers#8849 (a comment): a tracking callback whose backend stopped answering ended
+    training after hours. Under ZeRO-3 rank 0 raising alone would also leave the other ranks waiting
+    in a collective: a failing tracker is reported once and dropped."""
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def refuse(self, step, scalars):
+        if step == 2:
+            raise ConnectionError("tracking server unreachable\nsecond line")
+        return real(self, step, scalars)
+    real = trackers.MLflow.log
+    monkeypatch.setattr(trackers.MLflow, "log", refuse)
+    _log_steps(run, config.load(DEMO, ["logging.report_to=[mlflow,wandb]"]), range(1, 4))
+    err = [line for line in capsys.readouterr().err.splitlines() if "[medtune]" in line]
+    assert err == ["[medtune] mlflow: logging step 2 failed (tracking server unreachable); no longer "
+                   "logging to it, metrics.jsonl has every metric"]
+    want = jsonl_series(run)
+    assert [s for s, _ in want["train/loss"]] == [1, 2, 3]
+    _, got = mlflow_series(run)
+    assert got["train/loss"] == want["train/loss"][:1]
+    history = wandb_history(run)
+    assert [(s, history[s]["train/loss"]) for s in sorted(history)] == want["train/loss"]
