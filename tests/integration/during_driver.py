@@ -20,11 +20,15 @@ import torch
 
 
 def main(model_dir: str, eval_recipe: str, run_dir: str, step: int, limit: int | None) -> None:
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    torch.set_num_threads(1)
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        torch.set_num_threads(1)
     import deepspeed
     import deepspeed.ops
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -32,15 +36,21 @@ def main(model_dir: str, eval_recipe: str, run_dir: str, step: int, limit: int |
     from medtune.kernels.attention import REGISTERED, register
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, timeout=timedelta(minutes=5))
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False,
+                               timeout=timedelta(minutes=5))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     ds_cfg = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
               "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
               "steps_per_print": 10**9}
-    register()  # training's attention: medtune's per-sample sdpa, which generation must not use
+    # training's attention (a medtune varlen backend, $DRIVER_ATTENTION, default the per-sample
+    # sdpa), which generation must not use; the model's own dtype, as `medtune eval` loads it
+    register()
+    attention = REGISTERED[os.environ.get("DRIVER_ATTENTION", "sdpa_varlen")]
+    dtype = AutoConfig.from_pretrained(model_dir).dtype or torch.float32
+    if dtype == torch.bfloat16:
+        ds_cfg["bf16"] = {"enabled": True}
     handle = HfDeepSpeedConfig(ds_cfg)  # noqa: F841
-    net = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                               attn_implementation=REGISTERED["sdpa_varlen"])
+    net = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention)
     unset_hf_deepspeed_config()
     net.config.use_cache = False
     engine, *_ = deepspeed.initialize(model=net, optimizer=torch.optim.AdamW(net.parameters(), lr=1e-3),
@@ -56,6 +66,7 @@ def main(model_dir: str, eval_recipe: str, run_dir: str, step: int, limit: int |
         "rng_unchanged": torch.equal(rng, torch.get_rng_state()),
         "training": engine.module.training,
         "attention": engine.module.config._attn_implementation,
+        "expected_attention": attention,
         "partitioned": all(p.numel() == 0 and p.ds_numel > 0 for p in engine.module.parameters()),
     }
     Path(run_dir, f"rank-{rank}.json").write_text(json.dumps(report, indent=1))

@@ -28,9 +28,11 @@ def eval_recipe(path, batch_size: int):
     })
 
 
-def run_driver(model, recipe, run_dir, step: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+def run_driver(model, recipe, run_dir, step: int, procs: int = 2,
+               env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
                            "--master_port", str(free_port()), str(REPO / "tests" / "integration" / "during_driver.py"),
                            str(model), str(recipe), str(run_dir), str(step)],
                           capture_output=True, text=True, timeout=400, env=env)
@@ -89,7 +91,7 @@ def test_task_metrics_under_zero3_equal_medtune_eval(tmp_path, batch_size, early
     assert ranks[0]["metrics"] == ranks[1]["metrics"]  # every rank returns the same dict
     for r in ranks:
         assert r["rng_unchanged"] and r["training"] and r["partitioned"]
-        assert r["attention"] == "medtune_per_sample"  # training's attention back in place
+        assert r["attention"] == r["expected_attention"] == "medtune_per_sample"  # training's, back
     got = ranks[0]["metrics"]
 
     out = tmp_path / "eval"
