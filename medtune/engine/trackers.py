@@ -202,8 +202,9 @@ def open_all(recipe: Recipe, run_dir: Path, resume_step: int) -> list[Tracker]:
                 out[name] = MLflow(run_dir, recipe.name, config, prev.get("id"), prev.get("uri"))
         except Exception as err:  # noqa: BLE001 (a tracker service down or not logged in)
             failed(name, "could not start", err)
-    ids = {n: {"id": t.id, **({"uri": t.uri} if n == "mlflow" else {})}
-           for n, t in out.items() if n != "tensorboard"}
+    ids = {n: v for n, v in saved.items() if n in names}  # one that failed to start now keeps its id
+    ids.update({n: {"id": t.id, **({"uri": t.uri} if n == "mlflow" else {})}
+                for n, t in out.items() if n != "tensorboard"})
     if ids:
         from medtune.fsutil import write_atomic
 
