@@ -27,7 +27,7 @@ $(STAMP): setup.py $(CONSTRAINTS)
 		echo "no CUDA GPU: installing the CPU build torch==$(TORCH_VERSION)"; \
 		$(BIN)/pip install -q -c $(CONSTRAINTS) torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev,wandb,mlflow]'
 	touch $@
 
 demo: $(STAMP)

@@ -34,6 +34,9 @@ setup(
     extras_require={
         "flash": ["flash-attn>=2.6"],
         "mpi": ["mpi4py>=3.1"],
+        # logging.report_to trackers (medtune.engine.trackers); `make test` installs both
+        "wandb": ["wandb>=0.19"],
+        "mlflow": ["mlflow-skinny>=2.16"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],
     },
     entry_points={"console_scripts": ["medtune=medtune.cli:main"]},

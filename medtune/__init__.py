@@ -7,3 +7,4 @@ __version__ = "0.1.0"
 # they are always there.
 import medtune.data.checks  # noqa: E402,F401
 import medtune.models.checks  # noqa: E402,F401
+import medtune.engine.trackers  # noqa: E402,F401  (logging.report_to's client check)

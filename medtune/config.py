@@ -315,7 +315,13 @@ class LoggingConfig:
     every: int = Field(default=1, ge=1)
     """Log scalars every N optimizer steps."""
     tensorboard: bool = True
-    """Write TensorBoard events under ``RUN_DIR/tensorboard``."""
+    """Write TensorBoard events under ``RUN_DIR/tensorboard``; ``false`` takes
+    ``tensorboard`` out of ``report_to``."""
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"])
+    """Experiment trackers that receive every scalar of ``metrics.jsonl`` and the
+    resolved recipe as the run's config (`medtune.engine.trackers`); ``wandb``
+    and ``mlflow`` need ``pip install 'medtune[wandb]'`` / ``'medtune[mlflow]'``."""
     progress: bool = True
     """Show a progress bar on rank 0."""
     peak_tflops: float | None = Field(default=None, gt=0)

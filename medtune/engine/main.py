@@ -55,7 +55,7 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
         from medtune.engine.metrics import MetricsLog
 
         t = build(r)
-        log = MetricsLog(r.run, r.me.rank, r.recipe.logging.tensorboard, resume_step=t.state.global_step)
+        log = MetricsLog(r.run, r.me.rank, r.recipe, resume_step=t.state.global_step)
         return _train(r, t, log)
     finally:
         if log is not None:

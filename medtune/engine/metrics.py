@@ -1,9 +1,11 @@
-"""What a run records, by rank 0: scalars (TensorBoard and ``metrics.jsonl``) and the data order.
+"""What a run records, by rank 0: scalars (``metrics.jsonl`` and the trackers) and the data order.
 
 ``data_order.jsonl`` lists the samples of every optimizer step, so anyone can
 check that a resumed run saw each sample exactly once. A run resumed from
 step N first drops whatever an interrupted run logged after N (TensorBoard
-through ``purge_step``), so the curves continue without a gap or overlap.
+through ``purge_step``; see `medtune.engine.trackers` for W&B and MLflow), so
+the curves continue without a gap or overlap. A tracker that fails (its
+service down, not logged in) is reported in one line and dropped: the run goes on.
 """
 from __future__ import annotations
 
@@ -11,11 +13,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medtune.engine import trackers
+
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, rank: int, tensorboard: bool, resume_step: int = 0):
+    """Rank 0 writes every scalar to ``metrics.jsonl`` and to each tracker of
+    ``logging.report_to`` (`medtune.engine.trackers`) at the same step; other ranks do nothing."""
+
+    def __init__(self, run_dir: Path, rank: int, recipe, resume_step: int = 0):
         self.active = rank == 0
-        self._writer = None
+        self._trackers: list = []
         self._files: dict[str, object] = {}
         if not self.active:
             return
@@ -23,19 +30,18 @@ class MetricsLog:
             path = run_dir / name
             _truncate_after(path, resume_step)
             self._files[name] = open(path, "a", buffering=1)
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
-                                         purge_step=resume_step + 1)
+        self._trackers = trackers.open_all(recipe, run_dir, resume_step)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.active:
             return
         self._files["metrics.jsonl"].write(json.dumps({"step": step, **scalars}) + "\n")
-        if self._writer is not None:
-            for name, value in scalars.items():
-                self._writer.add_scalar(name, value, global_step=step)
+        for tracker in list(self._trackers):
+            try:
+                tracker.log(step, scalars)
+            except Exception as err:  # noqa: BLE001 (a tracker service's failure is not the run's)
+                self._trackers.remove(tracker)
+                trackers.failed(tracker.name, f"logging step {step} failed", err)
 
     def order(self, step: int, epoch: int, samples: list[int]) -> None:
         if self.active:
@@ -43,10 +49,15 @@ class MetricsLog:
                 json.dumps({"step": step, "epoch": epoch, "samples": samples}) + "\n")
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        """Close the files, then end every tracker's run; a tracker that fails to end is reported
+        (one line on stderr), never raised: the run's files are written whatever it does."""
         for fh in self._files.values():
             fh.close()
+        for tracker in self._trackers:
+            try:
+                tracker.close()
+            except Exception as err:  # noqa: BLE001 (a tracker service's failure is not the run's)
+                trackers.failed(tracker.name, "ending its run failed", err)
 
 
 def _truncate_after(path: Path, step: int) -> None:

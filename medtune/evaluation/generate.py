@@ -107,11 +107,13 @@ def answer_text(ids: Sequence[int], tokenizer, stops: Sequence[int]) -> str:
 def generate(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int = 512,
              num_beams: int = 1, batch_size: int = 8, device: str = "cpu",
              progress: Callable[[int], None] | None = None,
-             stop: Sequence[int] | None = None) -> list[str]:
+             stop: Sequence[int] | None = None, **generate_kwargs) -> list[str]:
     """Answers for token-id prompts: batched (longest first), left-padded, greedy unless beams > 1.
 
     Generation stops on every id of `stop` (default: `stop_ids` of the model
     and tokenizer) and each answer is cut at the first of them (`answer_text`).
+    `generate_kwargs` go to ``model.generate`` as they are (``synced_gpus=True``
+    under ZeRO-3, `medtune.evaluation.during`).
     """
     import torch
 
@@ -131,7 +133,7 @@ def generate(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int
         with torch.no_grad():
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                 eos_token_id=eos, pad_token_id=pad)
+                                 eos_token_id=eos, pad_token_id=pad, **generate_kwargs)
         for row, i in enumerate(batch):
             answers[i] = answer_text(out[row, width:].tolist(), tokenizer, eos)
         if progress:

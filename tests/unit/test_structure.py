@@ -106,7 +106,7 @@ ALLOWED = {
     "data": {"base", "config", "models"},
     "kernels": {"base", "config", "models"},
     "launcher": {"base", "config", "models"},
-    "engine": {"base", "config", "models", "data", "kernels"},
+    "engine": {"base", "config", "models", "data", "kernels", "evaluation"},
     "planning": {"base", "config", "models", "kernels", "engine"},
     "evaluation": {"base", "config", "models", "data"},
     "cli": {"base", "config", "models", "data", "kernels", "launcher", "engine", "planning", "evaluation"},
@@ -165,7 +165,8 @@ def test_the_data_checks_are_registered_whatever_is_imported_first():
                            "print([f.__module__ + '.' + f.__name__ for f in c.CHECKS])"],
                           cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == ("['medtune.data.checks.source_problems', "
-                                   "'medtune.models.checks.family_problems']"), done.stderr
+                                   "'medtune.models.checks.family_problems', "
+                                   "'medtune.engine.trackers.check_clients']"), done.stderr
 
 
 def test_data_and_evaluation_take_their_errors_from_the_base():
