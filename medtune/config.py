@@ -110,6 +110,13 @@ class SourceConfig:
     revision: str | None = None
     """``hub`` only: the dataset revision (commit or tag) to load. The cache
     key of a hub id is the id and this revision: pin one to make it exact."""
+    columns: dict[str, str] | None = None
+    """Field name -> the table's column name, e.g. ``{instruction: question,
+    input: context, output: answer}`` or ``{messages: dialog}`` (fields per
+    reader: ``medtune.data.formats.FIELDS``)."""
+    instruction: str | None = None
+    """``jsonl``/``hub`` only: one fixed instruction for every record, for a
+    table with none (its own instruction column, if any, is not read)."""
 
 
 @_section
@@ -118,7 +125,13 @@ class DataConfig:
     """Instruction sources, each read into ``{instruction, input, output}``."""
     template: Literal["paper", "chat"] = "paper"
     """``paper``: ``### Instruction: ...\\n ### Input: ...\\n ### Output: ...``
-    then EOS (Rohanian et al. 2024); ``chat``: the tokenizer's chat template."""
+    then EOS (Rohanian et al. 2024); ``chat``: the tokenizer's chat template
+    (or ``chat_template``). Loss falls on every assistant turn."""
+    chat_template: str | None = None
+    """A Jinja chat template file (relative to the recipe) used instead of the
+    tokenizer's own; saved with the exported tokenizer."""
+    system_prompt: str | None = None
+    """A system turn put first in every conversation that has none."""
     max_tokens: int = Field(default=2048, ge=8)
     """Tokens per packed row; a sample is never split across rows."""
     overlong: Literal["truncate", "drop"] = "truncate"
@@ -609,7 +622,10 @@ def read_yaml(path: str | os.PathLike, text: str | None = None) -> Any:
 
 
 # Keys whose values are file paths, resolved against the file that sets them.
-_PATH_KEYS = ("model.name_or_path", "model.tokenizer", "zero.deepspeed_config", "data.cache_dir")
+_PATH_KEYS = ("model.name_or_path", "model.tokenizer", "zero.deepspeed_config", "data.cache_dir",
+              "data.chat_template")
+# Source formats whose path may be a hub id (read through `datasets`).
+_HUB_FORMATS = ("hub", "messages", "sharegpt", "prompt_completion")
 
 
 def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
@@ -660,7 +676,7 @@ def _resolve_paths(raw: dict, here: Path) -> None:
     if isinstance(data, dict) and isinstance(data.get("sources"), list):
         for src in data["sources"]:
             if isinstance(src, dict) and isinstance(src.get("path"), str):
-                src["path"] = _resolve(src["path"], here, must_be_local=src.get("format") != "hub")
+                src["path"] = _resolve(src["path"], here, must_be_local=src.get("format") not in _HUB_FORMATS)
 
 
 def _resolve(value: str, here: Path, must_be_local: bool, partial: bool = False) -> str:
@@ -675,7 +691,8 @@ def _resolve(value: str, here: Path, must_be_local: bool, partial: bool = False)
         return str(p)
     local = here / p
     partly_here = partial and len(p.parts) > 1 and (here / p.parts[0]).is_dir()
-    if must_be_local or value.startswith(("./", "../")) or local.exists() or partly_here:
+    pattern = any(c in value for c in "*?[")  # a glob of local files
+    if must_be_local or value.startswith(("./", "../")) or local.exists() or partly_here or pattern:
         return str(local.resolve())
     return value
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from medtune.config import Recipe, SourceConfig, register_check
-from medtune.data.formats import READERS, SETTINGS, SourceError, source_files
+from medtune.data.formats import FIELDS, READERS, SETTINGS, SourceError, source_files
 from medtune.data.templates import POOLS
 
 
@@ -49,6 +49,11 @@ def source_problems(recipe: Recipe, check_files: bool = True) -> list[tuple[str,
             if getattr(src, setting) != getattr(defaults, setting) and src.format not in formats:
                 out.append((f"{key}.{setting}", f"applies to format {' or '.join(formats)} only, "
                                                 f"not {src.format}"))
+        for field in src.columns or {}:
+            known = FIELDS.get(src.format, ())
+            if known and field not in known:
+                out.append((f"{key}.columns.{field}", f"format {src.format} has no field '{field}' "
+                                                      f"(fields: {', '.join(known)})"))
         if src.instructions is not None and src.instructions not in POOLS:
             near = difflib.get_close_matches(src.instructions, POOLS, n=1)
             hint = f"did you mean '{near[0]}'? " if near else ""
@@ -59,4 +64,9 @@ def source_problems(recipe: Recipe, check_files: bool = True) -> list[tuple[str,
             out.append((f"{key}.name", f"two sources are named '{name}' (sources {names[name]} and "
                                        f"{i}): give each a distinct name"))
         names.setdefault(name, i)
+    if d.chat_template is not None:
+        if d.template != "chat":
+            out.append(("data.chat_template", f"applies to data.template: chat only, not {d.template}"))
+        elif check_files and not Path(d.chat_template).is_file():
+            out.append(("data.chat_template", f"{d.chat_template} does not exist (a Jinja chat template file)"))
     return out

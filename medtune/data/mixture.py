@@ -112,7 +112,7 @@ def _read(i: int, src: SourceConfig, name: str, st: SourceStats, data: DataConfi
             number = st.records
             st.records += 1
             if data.dedup:
-                key = (item.instruction, item.input, item.output)
+                key = (item.instruction, item.input, item.output, item.messages)
                 if key in seen:
                     st.duplicates += 1
                     continue

@@ -147,6 +147,10 @@ def fingerprint(recipe: Recipe, limit: SampleLimit | None = None) -> str:
                          "sample_tokens": limit.tokens, "overlong": d.overlong,
                          "mixture_seed": d.mixture_seed, "dedup": d.dedup,
                          "sources": sources_digest(recipe)}).encode())
+    if d.system_prompt is not None or d.chat_template is not None:  # absent: the keys of older caches
+        h.update(json.dumps({"system_prompt": d.system_prompt}).encode())
+        if d.chat_template is not None:
+            hash_path(h, Path(d.chat_template))
     h.update(_code_digest().encode())
     tok = Path(location(recipe))
     if tok.is_dir():
@@ -188,8 +192,7 @@ def _ensure_tokenizer(recipe: Recipe, recipe_file: str, root: Path):
         if where.exists():
             return None
         built = mixture.build(recipe.data, recipe_file)  # raises when a source has no usable record
-        texts = [templates.PAPER_PROMPT.format(instruction=s.record.instruction, input=s.record.input)
-                 + " " + s.record.output for s in built[0]]
+        texts = [templates.plain_text(s.record) for s in built[0]]
         if not texts:  # sentencepiece would stop with "[!sentences_.empty()]"
             raise RecipeError([f"{recipe_file}: data.sources: no text to train the tokenizer on "
                                "(model.train_tokenizer)"])
@@ -259,7 +262,7 @@ def _tokenize(samples: list[Sample], stats: dict[str, SourceStats], d: DataConfi
     bar = tqdm(total=len(samples), desc="tokenize", unit=" rec", disable=None, leave=False)
     for start in range(0, len(samples), BATCH):
         chunk = samples[start:start + BATCH]
-        rendered = [templates.render(s.record, d.template, tokenizer) for s in chunk]
+        rendered = [_render(s, d, tokenizer, recipe_file) for s in chunk]
         ids, labels = [], []
         for s, enc in zip(chunk, tokenize.encode_batch(rendered, tokenizer, limit.tokens)):
             st = stats[s.source]
@@ -293,6 +296,13 @@ def _tokenize(samples: list[Sample], stats: dict[str, SourceStats], d: DataConfi
     cols["input_ids"] = pa.chunked_array(cols["input_ids"], type=ints)
     cols["labels"] = pa.chunked_array(cols["labels"], type=ints)
     return cols
+
+
+def _render(s: Sample, d: DataConfig, tokenizer, recipe_file: str) -> templates.Rendered:
+    try:
+        return templates.render(s.record, d.template, tokenizer, d.system_prompt)
+    except ValueError as err:
+        raise RecipeError([f"{recipe_file}: data.template = {d.template}: source '{s.source}': {err}"]) from None
 
 
 def _content_digest(cols: dict) -> str:

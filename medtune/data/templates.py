@@ -156,24 +156,44 @@ class Rendered:
     template writes its own special tokens)."""
     append_eos: bool
     """Append the tokenizer's EOS after the response."""
+    history: tuple[tuple[str, str], ...] = ()
+    """Earlier ``(prompt, response)`` turns of a conversation, before `prompt`;
+    each response is trained too. The text is every prompt and response in order."""
+
+    @property
+    def text(self) -> str:
+        return "".join(p + r for p, r in self.history) + self.prompt + self.response
+
+    def spans(self) -> list[tuple[int, int]]:
+        """The trained ``[start, stop)`` character ranges of `text`: every response."""
+        out, at = [], 0
+        for p, r in (*self.history, (self.prompt, self.response)):
+            at += len(p)
+            out.append((at, at + len(r)))
+            at += len(r)
+        return out
 
 
-def render(record: Record, template: str, tokenizer=None) -> Rendered:
+def render(record: Record, template: str, tokenizer=None, system_prompt: str | None = None) -> Rendered:
+    """`record` as prompt and response text (a conversation: every turn; `medtune.data.chat`).
+
+    Raises `ValueError` (one line) for an unknown template, ``chat`` on a
+    tokenizer without a chat template, or a template that cannot render the record.
+    """
+    from medtune.data import chat
+
     if template == "paper":
-        prompt = PAPER_PROMPT.format(instruction=record.instruction, input=record.input)
-        return Rendered(prompt, " " + record.output, True, True)
+        return chat.render_paper(record, tokenizer, system_prompt)
     if template == "chat":
-        user = record.instruction if not record.input else f"{record.instruction}\n\n{record.input}"
-        turns = [{"role": "user", "content": user}]
-        prompt = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(
-            turns + [{"role": "assistant", "content": record.output}], tokenize=False)
-        if not full.startswith(prompt):
-            raise ValueError("the tokenizer's chat template does not render the prompt as a prefix "
-                             "of the full conversation; use data.template: paper")
-        response, terminated = end_of_turn(full[len(prompt):], record.output, tokenizer)
-        return Rendered(prompt, response, False, not terminated)
+        return chat.render_chat(record, tokenizer, system_prompt)
     raise ValueError(f"unknown template {template!r}")
+
+
+def plain_text(record: Record) -> str:
+    """The record's text in the paper's format (a conversation: its turns, a line each), to train a tokenizer on."""
+    if record.messages is None:
+        return PAPER_PROMPT.format(instruction=record.instruction, input=record.input) + " " + record.output
+    return "\n".join(content for _, content in record.messages)
 
 
 def special_tokens(tokenizer) -> list[str]:

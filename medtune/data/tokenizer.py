@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from medtune.config import Recipe
+from medtune.errors import RecipeError
 from medtune.data.cache import cache_root, sources_digest
 
 
@@ -29,12 +30,25 @@ def location(recipe: Recipe) -> str:
 
 
 def load(recipe: Recipe):
-    """The tokenizer named by the recipe (hub id or local directory)."""
+    """The tokenizer named by the recipe (hub id or local directory).
+
+    With ``data.chat_template`` its chat template is that file's text (so the
+    exported tokenizer carries it). Raises `RecipeError` for ``data.template:
+    chat`` when the tokenizer has no chat template and none is given.
+    """
     from transformers import AutoTokenizer
 
     m = recipe.model
-    return AutoTokenizer.from_pretrained(location(recipe), revision=None if m.tokenizer else m.revision,
-                                         trust_remote_code=m.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(location(recipe), revision=None if m.tokenizer else m.revision,
+                                        trust_remote_code=m.trust_remote_code)
+    d = recipe.data
+    if d.chat_template is not None:
+        tok.chat_template = Path(d.chat_template).read_text(encoding="utf-8")
+    if d.template == "chat" and getattr(tok, "chat_template", None) is None:
+        raise RecipeError([f"data.template = chat: the tokenizer {location(recipe)} has no chat template; "
+                           "give one with data.chat_template: path/to/template.jinja, or use "
+                           "data.template: paper"])
+    return tok
 
 
 def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int) -> None:
