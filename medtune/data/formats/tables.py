@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import csv
 import glob
+import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-from medtune.data.formats.files import SourceError
+from medtune.data.formats.files import SourceError, text_lines
 
 _SAVED = ("dataset_info.json", "dataset_dict.json", "state.json")
 TABLE_BUILDERS = ("json", "parquet", "csv", "arrow")
@@ -162,14 +163,22 @@ def _file(f: Path):
     import datasets
 
     name, options = builder(f)
+    if name in ("json", "csv"):  # pyarrow reads bytes that are not UTF-8 and fails later, on a row
+        for _ in text_lines(f):  # raises SourceError naming the line and byte offset
+            pass
     if name == "csv":  # every cell as text; see the module's docstring
         header = _csv_header(f, options.get("sep", ","))
         options.update(features=datasets.Features({c: datasets.Value("string") for c in header}),
                        keep_default_na=False)
+    quiet = logging.getLogger("datasets")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # datasets logs the cause on its own line before raising
     try:
         return datasets.load_dataset(name, data_files=[str(f)], split="train", **options)
     except Exception as err:
         raise SourceError(f"{f}: cannot read it as {name} with datasets: {_first(err)}") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def _csv_header(f: Path, sep: str) -> list[str]:
@@ -186,4 +195,7 @@ def _csv_header(f: Path, sep: str) -> list[str]:
 
 
 def _first(err: BaseException) -> str:
+    """The first line of the innermost cause (datasets wraps pyarrow's "JSON parse error ... in row 0")."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
