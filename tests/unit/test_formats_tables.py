@@ -91,7 +91,11 @@ def _saved(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("own-data")
+    return write_fixtures(tmp_path_factory.mktemp("own-data"))
+
+
+def write_fixtures(d: Path) -> dict[str, Path]:
+    """One small file (or folder, or glob) per format and file type in `d`, by name."""
     messages = [{"messages": c, "source": "clinic"} for c in CONVS]
     (d / "shards").mkdir()
     _jsonl(d / "shards" / "part-0.jsonl", messages[:2])
@@ -163,11 +167,16 @@ def test_every_format_reads_every_file_type(files, case):
 
 @pytest.fixture(scope="module")
 def chatml_tokenizer(tmp_path_factory) -> Path:
+    return save_chatml_tokenizer(tmp_path_factory.mktemp("chatml-tok"))
+
+
+def save_chatml_tokenizer(out: Path) -> Path:
+    """The demo tokenizer (1,000 tokens) with ChatML's two special tokens and no chat template."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(demo_tokenizer_dir())
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    out = tmp_path_factory.mktemp("chatml-tok")
+    assert len(tok) == 1002
     tok.save_pretrained(out)  # no chat template: data.chat_template gives it
     return out
 
