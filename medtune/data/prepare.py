@@ -208,7 +208,11 @@ def _build(recipe: Recipe, recipe_file: str, final: Path, fp: str, limit: Sample
 
     d = recipe.data
     samples, stats = built or mixture.build(d, recipe_file)
-    cols = _tokenize(samples, stats, d, load_tokenizer(recipe), recipe_file, limit)
+    try:
+        tokenizer = load_tokenizer(recipe)
+    except RecipeError as err:  # data.template = chat on a tokenizer without a template
+        raise RecipeError([f"{recipe_file}: {p}" for p in err.problems]) from None
+    cols = _tokenize(samples, stats, d, tokenizer, recipe_file, limit)
     if not cols["length"]:  # every source had records (mixture.build checks): overlong drops took all
         dropped = sum(s.dropped for s in stats.values())
         raise RecipeError([f"{recipe_file}: data.overlong = {d.overlong}: no usable samples: all "
