@@ -691,7 +691,9 @@ def _resolve(value: str, here: Path, must_be_local: bool, partial: bool = False)
         return str(p)
     local = here / p
     partly_here = partial and len(p.parts) > 1 and (here / p.parts[0]).is_dir()
-    pattern = any(c in value for c in "*?[")  # a glob of local files
+    # a glob of local files, or a table file (never a hub id)
+    pattern = any(c in value for c in "*?[") or value.lower().endswith(
+        (".json", ".jsonl", ".ndjson", ".parquet", ".csv", ".tsv", ".arrow"))
     if must_be_local or value.startswith(("./", "../")) or local.exists() or partly_here or pattern:
         return str(local.resolve())
     return value

@@ -13,7 +13,7 @@ TRL's ``DataCollatorForCompletionOnlyLM`` successors and torchtune's
 ``j``, ``P = render(turns[:j], add_generation_prompt=True)`` is everything
 before it and ``F = render(turns[:j+1])`` everything up to its end, so the
 turn is ``F[len(P):]``, cut just after the special token that ends it
-(`medtune.data.templates.end_of_turn`: ``<|im_end|>``, ``<|eot_id|>``,
+(`end_of_turn`: ``<|im_end|>``, ``<|eot_id|>``,
 ``</s>``). That token is trained with the turn and is what generation stops
 on (`medtune.data.tokenize.stop_token_ids`). Every ``P`` and turn must be a
 prefix of the whole rendered conversation; a template that rewrites earlier
@@ -28,8 +28,77 @@ paper's format exactly.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from medtune.data.formats.records import Record
-from medtune.data.templates import PAPER_PROMPT, Rendered, end_of_turn
+
+PAPER_PROMPT = "### Instruction: {instruction}\n ### Input: {input}\n ### Output:"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    prompt: str
+    """Everything the model sees before it answers."""
+    response: str
+    """The text the model is trained to produce."""
+    add_special_tokens: bool
+    """Let the tokenizer add its BOS (the paper format) or not (a chat
+    template writes its own special tokens)."""
+    append_eos: bool
+    """Append the tokenizer's EOS after the response."""
+    history: tuple[tuple[str, str], ...] = ()
+    """Earlier ``(prompt, response)`` turns of a conversation, before `prompt`;
+    each response is trained too. The text is every prompt and response in order."""
+
+    @property
+    def text(self) -> str:
+        return "".join(p + r for p, r in self.history) + self.prompt + self.response
+
+    def spans(self) -> list[tuple[int, int]]:
+        """The trained ``[start, stop)`` character ranges of `text`: every response."""
+        out, at = [], 0
+        for p, r in (*self.history, (self.prompt, self.response)):
+            at += len(p)
+            out.append((at, at + len(r)))
+            at += len(r)
+        return out
+
+
+def special_tokens(tokenizer) -> list[str]:
+    """Every special token's text: the named ones and added tokens marked special."""
+    named = list(tokenizer.all_special_tokens)
+    added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+    return list(dict.fromkeys(named + added))
+
+
+def end_of_turn(response: str, content: str, tokenizer) -> tuple[str, bool]:
+    """An assistant turn cut just after the special token that ends it.
+
+    `response` is what a chat template writes for the assistant turn after
+    the generation prompt (``"yes<|im_end|>\\n"`` in ChatML), `content` the
+    assistant message. The first special token after the content ends the
+    turn: it is what the model must learn to emit and what generation stops
+    on (`medtune.data.tokenize.stop_token_ids`). Text the template writes
+    after it (ChatML's newline) is dropped: the model never generates it,
+    so it is not trained. Returns ``(response, True)`` cut after that token,
+    or ``(response, False)`` when the turn ends in no special token (the
+    caller then appends the tokenizer's EOS). With ChatML,
+    ``end_of_turn("yes<|im_end|>\\n", "yes", tok) == ("yes<|im_end|>", True)``.
+    """
+    start = 0
+    for text in (content, content.strip()):
+        at = response.find(text) if text else -1
+        if at >= 0:
+            start = at + len(text)
+            break
+    best = None
+    for tok in special_tokens(tokenizer):
+        at = response.find(tok, start)
+        if at >= 0 and (best is None or (at, -len(tok)) < (best[0], -len(best[1]))):
+            best = (at, tok)
+    if best is None:
+        return response, False
+    return response[:best[0] + len(best[1])], True
 
 
 def turns(record: Record, system_prompt: str | None = None) -> list[dict[str, str]]:

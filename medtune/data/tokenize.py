@@ -75,9 +75,7 @@ def _fast(r: Rendered, ids: list[int], e, tokenizer, max_tokens: int) -> Encoded
     # hold tens of millions of ids, so every avoided copy counts).
     n = len(ids)
     *earlier, (last_start, _) = r.spans()
-    spans = []  # labelled token positions, [start, stop)
-    for a, b in earlier:
-        spans.append((_token_at(e, a, n), _token_at(e, b, n) if b < len(r.text) else n))
+    spans = [(_token_at(e, a, n), _token_at(e, b, n)) for a, b in earlier]  # labelled positions, [start, stop)
     k = _token_at(e, last_start, n)
     end = n
     while end > k and e.token_to_chars(end - 1) is None:  # special tokens the tokenizer appended

@@ -8,7 +8,6 @@ template's special tokens (tests/assets/chat_templates).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -27,7 +27,7 @@ import pytest
 
 from medtune import config
 from medtune.config import RecipeError
-from medtune.data.formats import READERS, Malformed, Record, SourceError
+from medtune.data.formats import READERS, Malformed, SourceError
 from medtune.data.prepare import prepare
 from medtune.data.templates import render
 from medtune.data.tokenize import IGNORE, encode
@@ -356,3 +356,14 @@ def test_a_table_file_that_is_not_json_or_not_utf8_is_one_line(tmp_path):
     assert at == 46
     assert str(err.value) == (f"{latin1}:1: not UTF-8 text (byte 0xe9 at byte offset {at}: invalid continuation "
                               "byte); save the file as UTF-8")
+
+
+def test_a_relative_table_file_not_written_yet_is_a_path_beside_the_recipe_not_a_hub_id(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"base: {RECIPES / 'demo.yaml'}\n"
+                      "data:\n  sources: [{path: data/chats.parquet, format: messages}, "
+                      "{path: \"shards/*.jsonl\", format: messages}]\n")
+    with pytest.raises(RecipeError) as err:
+        config.load(recipe)
+    assert err.value.problems == [f"{recipe}: data.sources.0.path: {tmp_path}/data/chats.parquet does not exist",
+                                  f"{recipe}: data.sources.1.path: {tmp_path}/shards/*.jsonl: the pattern matches no file"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from medtune.data.formats import tables
+import medtune.data.formats.tables as tables
 from medtune.data.formats.records import Malformed, Record
 
 ROLES = ("system", "user", "assistant")

@@ -22,7 +22,7 @@ import dataclasses
 from pathlib import Path
 from typing import Iterator
 
-from medtune.data.formats import tables
+import medtune.data.formats.tables as tables
 from medtune.data.formats.instructions import record
 from medtune.data.formats.records import Malformed, Record
 from medtune.data.formats.tables import looks_local  # noqa: F401 (importable from here)

@@ -42,9 +42,13 @@ def is_glob(path: str) -> bool:
     return any(c in path for c in _MAGIC)
 
 
+TABLE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet", ".csv", ".tsv", ".arrow")
+
+
 def looks_local(path: str) -> bool:
-    """A local path (file, folder, glob) rather than a hub id."""
-    return path.startswith(("/", "./", "../", "~")) or is_glob(path) or Path(path).exists()
+    """A local path (file, folder, glob, a name ending in a table file's suffix) rather than a hub id."""
+    return (path.startswith(("/", "./", "../", "~")) or is_glob(path) or Path(path).exists()
+            or path.lower().endswith(TABLE_SUFFIXES))
 
 
 def is_saved(path: str) -> bool:
