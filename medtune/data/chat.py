@@ -137,7 +137,7 @@ def render_chat(record: Record, tokenizer, system_prompt: str | None = None):
         if m["role"] != "assistant":
             continue
         prompt = _apply(tokenizer, msgs[:j], True)
-        upto = _apply(tokenizer, msgs[:j + 1], False)
+        upto = full if j + 1 == len(msgs) else _apply(tokenizer, msgs[:j + 1], False)
         if not (upto.startswith(prompt) and full.startswith(prompt)) or len(prompt) < at:
             raise ValueError(f"the chat template does not render turn {j + 1} as a continuation of the "
                              "turns before it; use a template that does, or data.template: paper")
@@ -158,9 +158,10 @@ def render_paper(record: Record, tokenizer=None, system_prompt: str | None = Non
     Raises `ValueError` for a conversation of several turns without a
     tokenizer (its EOS text ends every earlier turn).
     """
-    if record.messages is None and system_prompt is None:
+    if record.messages is None:  # the paper's own record: its input stays in "### Input:"
+        head = "" if system_prompt is None else system_prompt + "\n"
         prompt = PAPER_PROMPT.format(instruction=record.instruction, input=record.input)
-        return Rendered(prompt, " " + record.output, True, True)
+        return Rendered(head + prompt, " " + record.output, True, True)
     msgs = turns(record, system_prompt)
     head = msgs[0]["content"] + "\n" if msgs[0]["role"] == "system" else ""
     pieces: list[tuple[str, str]] = []

@@ -54,6 +54,9 @@ def source_problems(recipe: Recipe, check_files: bool = True) -> list[tuple[str,
             if known and field not in known:
                 out.append((f"{key}.columns.{field}", f"format {src.format} has no field '{field}' "
                                                       f"(fields: {', '.join(known)})"))
+        if src.instruction is not None and "instruction" in (src.columns or {}):
+            out.append((f"{key}.instruction", "give either a fixed instruction or columns.instruction, "
+                                              "not both"))
         if src.instructions is not None and src.instructions not in POOLS:
             near = difflib.get_close_matches(src.instructions, POOLS, n=1)
             hint = f"did you mean '{near[0]}'? " if near else ""

@@ -138,3 +138,8 @@ def test_chat_without_a_template_says_how_to_give_one():
     tok = _tok()
     with pytest.raises(ValueError, match=r"no chat template: give one with data.chat_template"):
         render(CONVERSATION, "chat", tok)
+
+
+def test_a_system_prompt_under_the_paper_template_keeps_the_input_where_it_was():
+    r = render(Record("Tag it.", "A b", "A : O"), "paper", _tok(), system_prompt="Be exact.")
+    assert (r.prompt, r.response) == ("Be exact.\n### Instruction: Tag it.\n ### Input: A b\n ### Output:", " A : O")

@@ -308,6 +308,11 @@ def test_columns_name_fields_the_format_has(files):
     bad = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, sources=[src]))
     assert source_problems(bad) == [("data.sources.0.columns.output",
                                      "format messages has no field 'output' (fields: messages, task, source)")]
+    src = config.SourceConfig(path=str(files["qa.csv"]), format="hub", columns={"instruction": "question"},
+                              instruction="Answer.")
+    both = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, sources=[src]))
+    assert source_problems(both) == [("data.sources.0.instruction",
+                                      "give either a fixed instruction or columns.instruction, not both")]
 
 
 # ---- public reports turned into inputs: every assistant turn and its terminator trained ----
