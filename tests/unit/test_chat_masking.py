@@ -13,7 +13,7 @@ import pytest
 
 from medtune.data.formats.records import Record
 from medtune.data.templates import render
-from medtune.data.tokenize import IGNORE, encode, stop_token_ids
+from medtune.data.tokenize import IGNORE, encode, encode_batch, stop_token_ids
 from tests.conftest import REPO
 from tests.integration.helpers import demo_tokenizer_dir
 
@@ -143,3 +143,17 @@ def test_chat_without_a_template_says_how_to_give_one():
 def test_a_system_prompt_under_the_paper_template_keeps_the_input_where_it_was():
     r = render(Record("Tag it.", "A b", "A : O"), "paper", _tok(), system_prompt="Be exact.")
     assert (r.prompt, r.response) == ("Be exact.\n### Instruction: Tag it.\n ### Input: A b\n ### Output:", " A : O")
+
+
+@pytest.mark.parametrize("template", ["paper", "chatml", "llama3"])
+@pytest.mark.parametrize("max_tokens", [4096, 40])
+def test_fast_and_offset_labelling_agree_on_a_conversation(template, max_tokens):
+    from tests.unit.test_data_tokenize import _Slow
+
+    tok = _tok(None if template == "paper" else template)
+    r = render(CONVERSATION, "paper" if template == "paper" else "chat", tok)
+    [fast] = encode_batch([r], tok, max_tokens)
+    [slow] = encode_batch([r], _Slow(tok), max_tokens)
+    assert fast == slow
+    assert fast.truncated == (max_tokens == 40)
+    assert fast.n_labels == sum(1 for x in fast.labels[1:] if x != IGNORE)
