@@ -119,6 +119,13 @@ class SourceConfig:
     revision: str | None = None
     """``hub`` only: the dataset revision (commit or tag) to load. The cache
     key of a hub id is the id and this revision: pin one to make it exact."""
+    columns: dict[str, str] | None = None
+    """Field name -> the table's column name, e.g. ``{instruction: question,
+    input: context, output: answer}`` or ``{messages: dialog}`` (fields per
+    reader: ``medtune.data.formats.FIELDS``)."""
+    instruction: str | None = None
+    """``jsonl``/``hub`` only: one fixed instruction for every record, for a
+    table with none (its own instruction column, if any, is not read)."""
 
 
 @_section
@@ -143,7 +150,13 @@ class DataConfig:
     """Instruction sources, each read into ``{instruction, input, output}``."""
     template: Literal["paper", "chat"] = "paper"
     """``paper``: ``### Instruction: ...\\n ### Input: ...\\n ### Output: ...``
-    then EOS (Rohanian et al. 2024); ``chat``: the tokenizer's chat template."""
+    then EOS (Rohanian et al. 2024); ``chat``: the tokenizer's chat template
+    (or ``chat_template``). Loss falls on every assistant turn."""
+    chat_template: str | None = None
+    """A Jinja chat template file (relative to the recipe) used instead of the
+    tokenizer's own; saved with the exported tokenizer."""
+    system_prompt: str | None = None
+    """A system turn put first in every conversation that has none."""
     max_tokens: int = Field(default=2048, ge=8)
     """Tokens per packed row; a sample is never split across rows."""
     overlong: Literal["truncate", "drop"] = "truncate"
@@ -706,7 +719,9 @@ def read_yaml(path: str | os.PathLike, text: str | None = None) -> Any:
 
 # Keys whose values are file paths, resolved against the file that sets them.
 _PATH_KEYS = ("model.name_or_path", "model.tokenizer", "zero.deepspeed_config", "data.cache_dir",
-              "train.eval_tasks")
+              "train.eval_tasks", "data.chat_template")
+# Source formats whose path may be a hub id (read through `datasets`).
+_HUB_FORMATS = ("hub", "messages", "sharegpt", "prompt_completion")
 
 
 def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
@@ -764,7 +779,7 @@ def _resolve_paths(raw: dict, here: Path) -> None:
 def _resolve_source(src, here: Path) -> None:
     """Make a data source's `path` and instruction file (a value with "/" or ".") absolute, in place."""
     if isinstance(src, dict) and isinstance(src.get("path"), str):
-        src["path"] = _resolve(src["path"], here, must_be_local=src.get("format") != "hub")
+        src["path"] = _resolve(src["path"], here, must_be_local=src.get("format") not in _HUB_FORMATS)
     spec = src.get("instructions") if isinstance(src, dict) else None
     if isinstance(spec, str) and ("/" in spec or "." in spec):  # a text file, not a pool name
         src["instructions"] = _resolve(spec, here, must_be_local=True)
@@ -782,7 +797,10 @@ def _resolve(value: str, here: Path, must_be_local: bool, partial: bool = False)
         return str(p)
     local = here / p
     partly_here = partial and len(p.parts) > 1 and (here / p.parts[0]).is_dir()
-    if must_be_local or value.startswith(("./", "../")) or local.exists() or partly_here:
+    # a glob of local files, or a table file (never a hub id)
+    pattern = any(c in value for c in "*?[") or value.lower().endswith(
+        (".json", ".jsonl", ".ndjson", ".parquet", ".csv", ".tsv", ".arrow"))
+    if must_be_local or value.startswith(("./", "../")) or local.exists() or partly_here or pattern:
         return str(local.resolve())
     return value
 

@@ -25,6 +25,9 @@ def cache_root(recipe: Recipe) -> Path:
     return Path(os.environ.get("MEDTUNE_CACHE", Path.home() / ".cache" / "medtune"))
 
 
+_NEWER = ("columns", "instruction")  # settings left out when unset, so older keys stay the same
+
+
 def sources_digest(recipe: Recipe) -> str:
     """A hash of every source's settings and file bytes (hub ids: id and revision).
 
@@ -33,7 +36,8 @@ def sources_digest(recipe: Recipe) -> str:
     """
     h = hashlib.sha256()
     for src in recipe.data.sources:
-        settings = {k: v for k, v in dataclasses.asdict(src).items() if k != "path"}
+        settings = {k: v for k, v in dataclasses.asdict(src).items()
+                    if k != "path" and not (k in _NEWER and v is None)}
         if isinstance(src.instructions, str) and is_file(src.instructions):  # its lines, not where it is
             settings["instructions"] = list(read_file(src.instructions))
         h.update(json.dumps([settings, source_name(src)], sort_keys=True).encode())

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from medtune.config import Recipe, SourceConfig, register_check
-from medtune.data.formats import READERS, SETTINGS, SourceError, source_files
+from medtune.data.formats import FIELDS, READERS, SETTINGS, SourceError, source_files
 from medtune.data import instructions
 
 
@@ -27,6 +27,11 @@ def source_problems(recipe: Recipe, check_files: bool = True) -> list[tuple[str,
     out = _problems("data.sources", d.sources, check_files)
     if d.validation is not None and d.validation.sources:
         out += _problems("data.validation.sources", d.validation.sources, check_files)
+    if d.chat_template is not None:
+        if d.template != "chat":
+            out.append(("data.chat_template", f"applies to data.template: chat only, not {d.template}"))
+        elif check_files and not Path(d.chat_template).is_file():
+            out.append(("data.chat_template", f"{d.chat_template} does not exist (a Jinja chat template file)"))
     return out
 
 
@@ -56,6 +61,14 @@ def _problems(prefix: str, sources: list[SourceConfig], check_files: bool) -> li
             if getattr(src, setting) != getattr(defaults, setting) and src.format not in formats:
                 out.append((f"{key}.{setting}", f"applies to format {' or '.join(formats)} only, "
                                                 f"not {src.format}"))
+        for field in src.columns or {}:
+            known = FIELDS.get(src.format, ())
+            if known and field not in known:
+                out.append((f"{key}.columns.{field}", f"format {src.format} has no field '{field}' "
+                                                      f"(fields: {', '.join(known)})"))
+        if src.instruction is not None and "instruction" in (src.columns or {}):
+            out.append((f"{key}.instruction", "give either a fixed instruction or columns.instruction, "
+                                              "not both"))
         if src.instructions is not None:
             spec = src.instructions
             if check_files or not isinstance(spec, str) or not instructions.is_file(spec):

@@ -85,9 +85,10 @@ class Split:
     """Training records removed because their text equals a validation record's."""
 
 
-def content_key(rec: Record) -> tuple[str, str, str]:
-    """What makes two records the same text: instruction as read, input and output (as ``dedup``)."""
-    return (rec.instruction, rec.input, rec.output)
+def content_key(rec: Record) -> tuple:
+    """What makes two records the same text (``dedup``, validation overlap): instruction as
+    read, input, output and, for a conversation, its ``(role, content)`` turns."""
+    return (rec.instruction, rec.input, rec.output, rec.messages)
 
 
 def split(data: DataConfig, recipe_file: str = "recipe", progress: bool = True) -> Split:
@@ -106,7 +107,7 @@ def split(data: DataConfig, recipe_file: str = "recipe", progress: bool = True) 
     exactly those of a recipe without the key.
     """
     v = data.validation
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple] = set()
     reads = []
     stats: dict[str, SourceStats] = {}
     for i, src in enumerate(data.sources):
@@ -119,7 +120,7 @@ def split(data: DataConfig, recipe_file: str = "recipe", progress: bool = True) 
     held = []  # (src, name, stats, records as read) of the validation set
     if v.sources is not None:
         vdata = dataclasses.replace(data, sources=v.sources, validation=None)
-        vseen: set[tuple[str, str, str]] = set()
+        vseen: set[tuple] = set()
         for i, src in enumerate(v.sources):
             name = source_name(src)
             st = SourceStats(format=src.format)
@@ -214,11 +215,11 @@ def _read(i: int, src: SourceConfig, name: str, st: SourceStats, data: DataConfi
             number = st.records
             st.records += 1
             if data.dedup:
-                key = (item.instruction, item.input, item.output)
-                if key in seen:
+                text = content_key(item)
+                if text in seen:
                     st.duplicates += 1
                     continue
-                seen.add(key)
+                seen.add(text)
             kept.append((number, item))
     except SourceError as err:
         raise RecipeError([f"{recipe_file}: {key}.{i} ({name}): {err}"]) from None

@@ -155,6 +155,10 @@ def fingerprint(recipe: Recipe, limit: SampleLimit | None = None) -> str:
                               "sources": None if v.sources is None else sources_digest(
                                   dataclasses.replace(recipe, data=dataclasses.replace(d, sources=v.sources)))}
     h.update(json.dumps(keys).encode())
+    if d.system_prompt is not None or d.chat_template is not None:  # absent: the keys of older caches
+        h.update(json.dumps({"system_prompt": d.system_prompt}).encode())
+        if d.chat_template is not None:
+            hash_path(h, Path(d.chat_template))
     h.update(_code_digest().encode())
     tok = Path(location(recipe))
     if tok.is_dir():
@@ -200,8 +204,7 @@ def _ensure_tokenizer(recipe: Recipe, recipe_file: str, root: Path):
             return None
         # the training sources whole, validation or not: one tokenizer per sources digest
         built = mixture.build(dataclasses.replace(recipe.data, validation=None), recipe_file)
-        texts = [templates.PAPER_PROMPT.format(instruction=s.record.instruction, input=s.record.input)
-                 + " " + s.record.output for s in built[0]]
+        texts = [templates.plain_text(s.record) for s in built[0]]
         if not texts:  # sentencepiece would stop with "[!sentences_.empty()]"
             raise RecipeError([f"{recipe_file}: data.sources: no text to train the tokenizer on "
                                "(model.train_tokenizer)"])
@@ -218,7 +221,10 @@ def _build(recipe: Recipe, recipe_file: str, final: Path, fp: str, limit: Sample
     d = recipe.data
     parts = mixture.Split(built, None) if built else mixture.split(d, recipe_file)
     samples, stats = parts.train
-    tokenizer = load_tokenizer(recipe)
+    try:
+        tokenizer = load_tokenizer(recipe)
+    except RecipeError as err:  # data.template = chat on a tokenizer without a template
+        raise RecipeError([f"{recipe_file}: {p}" for p in err.problems]) from None
     cols = _tokenize(samples, stats, d, tokenizer, recipe_file, limit)
     vcols = None
     if parts.validation is not None:
@@ -291,7 +297,7 @@ def _tokenize(samples: list[Sample], stats: dict[str, SourceStats], d: DataConfi
     bar = tqdm(total=len(samples), desc="tokenize", unit=" rec", disable=None, leave=False)
     for start in range(0, len(samples), BATCH):
         chunk = samples[start:start + BATCH]
-        rendered = [templates.render(s.record, d.template, tokenizer) for s in chunk]
+        rendered = [_render(s, d, tokenizer, recipe_file) for s in chunk]
         ids, labels = [], []
         for s, enc in zip(chunk, tokenize.encode_batch(rendered, tokenizer, limit.tokens)):
             st = stats[s.source]
@@ -325,6 +331,13 @@ def _tokenize(samples: list[Sample], stats: dict[str, SourceStats], d: DataConfi
     cols["input_ids"] = pa.chunked_array(cols["input_ids"], type=ints)
     cols["labels"] = pa.chunked_array(cols["labels"], type=ints)
     return cols
+
+
+def _render(s: Sample, d: DataConfig, tokenizer, recipe_file: str) -> templates.Rendered:
+    try:
+        return templates.render(s.record, d.template, tokenizer, d.system_prompt)
+    except ValueError as err:
+        raise RecipeError([f"{recipe_file}: data.template = {d.template}: source '{s.source}': {err}"]) from None
 
 
 def _content_digest(cols: dict) -> str:

@@ -8,11 +8,11 @@ The paper's format (Rohanian et al. 2024)::
 
 The prompt ends at ``### Output:``; the response is `` {output}`` and the
 tokenizer's EOS follows it. Loss falls on the response and EOS only. With
-``chat``, the tokenizer's own chat template renders a user turn (instruction,
-blank line, input) and an assistant turn (output), cut just after the special
-token that ends the turn (`end_of_turn`: ChatML's ``<|im_end|>``, Llama 3's
-``<|eot_id|>``); a template whose turns end in no special token gets the
-tokenizer's EOS appended. Loss falls on the assistant turn up to that token.
+``chat``, the tokenizer's own chat template (or ``data.chat_template``) renders
+a user turn (instruction, blank line, input) and an assistant turn (output),
+or a record's whole conversation; every assistant turn is trained up to the
+special token that ends it. How turns are found, and how a conversation reads
+in the paper's format: `medtune.data.chat`.
 
 Corpus records carry no instruction: each draws one from its source's pool
 of paraphrases (`POOLS`), by a hash of (seed, source name, record index), so
@@ -25,11 +25,10 @@ the draw never depends on the order in which records are processed::
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
+from medtune.data.chat import PAPER_PROMPT, Rendered, render_chat, render_paper
+from medtune.data.chat import end_of_turn, special_tokens  # noqa: F401 (importable from here, as before)
 from medtune.data.formats.records import Record
-
-PAPER_PROMPT = "### Instruction: {instruction}\n ### Input: {input}\n ### Output:"
 
 _NER_FORMAT = ("Write one line per token in the form 'token : TAG', using B for the first token "
                "of {what}, I for each following token of it and O for every other token.")
@@ -180,69 +179,21 @@ def draw(choices: tuple[str, ...], seed: int, source: str, index: int, copy: int
     return choices[h % len(choices)]
 
 
-@dataclass(frozen=True)
-class Rendered:
-    prompt: str
-    """Everything the model sees before it answers."""
-    response: str
-    """The text the model is trained to produce."""
-    add_special_tokens: bool
-    """Let the tokenizer add its BOS (the paper format) or not (a chat
-    template writes its own special tokens)."""
-    append_eos: bool
-    """Append the tokenizer's EOS after the response."""
+def render(record: Record, template: str, tokenizer=None, system_prompt: str | None = None) -> Rendered:
+    """`record` as prompt and response text (a conversation: every turn; `medtune.data.chat`).
 
-
-def render(record: Record, template: str, tokenizer=None) -> Rendered:
+    Raises `ValueError` (one line) for an unknown template, ``chat`` on a
+    tokenizer without a chat template, or a template that cannot render the record.
+    """
     if template == "paper":
-        prompt = PAPER_PROMPT.format(instruction=record.instruction, input=record.input)
-        return Rendered(prompt, " " + record.output, True, True)
+        return render_paper(record, tokenizer, system_prompt)
     if template == "chat":
-        user = record.instruction if not record.input else f"{record.instruction}\n\n{record.input}"
-        turns = [{"role": "user", "content": user}]
-        prompt = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(
-            turns + [{"role": "assistant", "content": record.output}], tokenize=False)
-        if not full.startswith(prompt):
-            raise ValueError("the tokenizer's chat template does not render the prompt as a prefix "
-                             "of the full conversation; use data.template: paper")
-        response, terminated = end_of_turn(full[len(prompt):], record.output, tokenizer)
-        return Rendered(prompt, response, False, not terminated)
+        return render_chat(record, tokenizer, system_prompt)
     raise ValueError(f"unknown template {template!r}")
 
 
-def special_tokens(tokenizer) -> list[str]:
-    """Every special token's text: the named ones and added tokens marked special."""
-    named = list(tokenizer.all_special_tokens)
-    added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
-    return list(dict.fromkeys(named + added))
-
-
-def end_of_turn(response: str, content: str, tokenizer) -> tuple[str, bool]:
-    """An assistant turn cut just after the special token that ends it.
-
-    `response` is what a chat template writes for the assistant turn after
-    the generation prompt (``"yes<|im_end|>\\n"`` in ChatML), `content` the
-    assistant message. The first special token after the content ends the
-    turn: it is what the model must learn to emit and what generation stops
-    on (`medtune.data.tokenize.stop_token_ids`). Text the template writes
-    after it (ChatML's newline) is dropped: the model never generates it,
-    so it is not trained. Returns ``(response, True)`` cut after that token,
-    or ``(response, False)`` when the turn ends in no special token (the
-    caller then appends the tokenizer's EOS). With ChatML,
-    ``end_of_turn("yes<|im_end|>\\n", "yes", tok) == ("yes<|im_end|>", True)``.
-    """
-    start = 0
-    for text in (content, content.strip()):
-        at = response.find(text) if text else -1
-        if at >= 0:
-            start = at + len(text)
-            break
-    best = None
-    for tok in special_tokens(tokenizer):
-        at = response.find(tok, start)
-        if at >= 0 and (best is None or (at, -len(tok)) < (best[0], -len(best[1]))):
-            best = (at, tok)
-    if best is None:
-        return response, False
-    return response[:best[0] + len(best[1])], True
+def plain_text(record: Record) -> str:
+    """The record's text in the paper's format (a conversation: its turns, a line each), to train a tokenizer on."""
+    if record.messages is None:
+        return PAPER_PROMPT.format(instruction=record.instruction, input=record.input) + " " + record.output
+    return "\n".join(content for _, content in record.messages)

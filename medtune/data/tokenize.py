@@ -34,21 +34,22 @@ def encode(r: Rendered, tokenizer, max_tokens: int) -> Encoded:
 
 
 def encode_batch(rendered: list[Rendered], tokenizer, max_tokens: int) -> list[Encoded]:
-    """Tokenize prompt+response once, label the tokens that start inside the response.
+    """Tokenize each rendered text once, label the tokens that start inside a response.
 
-    Tokenizing the whole text (not the two halves apart) keeps the tokens
+    Tokenizing the whole text (not the pieces apart) keeps the tokens
     exactly those the model sees, and the prompt's tokens are then exactly
     ``tokenizer(prompt)``, which is what generation feeds at evaluation.
-    A token is labelled when it starts at or after the first response
-    character and is not a special token the tokenizer added. With a fast
-    (Rust) tokenizer the boundary is found with one ``char_to_token`` call per
-    record instead of a pass over every token's offsets.
+    A token is labelled when it starts inside a response (every assistant
+    turn of a conversation, `Rendered.spans`) and is not a special token the
+    tokenizer added; a token straddling a prompt and its response is not.
+    With a fast (Rust) tokenizer each boundary is found with one
+    ``char_to_token`` call instead of a pass over every token's offsets.
     """
     if not rendered:
         return []
     special = rendered[0].add_special_tokens
     assert all(r.add_special_tokens == special for r in rendered), "one template per batch"
-    texts = [r.prompt + r.response for r in rendered]
+    texts = [r.text for r in rendered]
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(texts, add_special_tokens=special, return_attention_mask=False,
                         return_token_type_ids=False)
@@ -59,40 +60,47 @@ def encode_batch(rendered: list[Rendered], tokenizer, max_tokens: int) -> list[E
             for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"])]
 
 
+def _token_at(e, char: int, n: int) -> int:
+    """The first token that starts at or after character `char` (`n` when none)."""
+    k = e.char_to_token(char)
+    if k is None:  # the character belongs to no token (a normaliser dropped it)
+        return next((i for i, span in enumerate(e.offsets) if span[0] >= char and span[1] > span[0]), n)
+    if e.token_to_chars(k)[0] < char:  # a token straddling the boundary
+        k += 1
+    return k
+
+
 def _fast(r: Rendered, ids: list[int], e, tokenizer, max_tokens: int) -> Encoded:
     # `ids` is this call's own list: extended and cut in place (200k records
     # hold tens of millions of ids, so every avoided copy counts).
     n = len(ids)
-    boundary = len(r.prompt)
-    k = e.char_to_token(boundary)
-    if k is None:  # the boundary character belongs to no token (a normaliser dropped it)
-        k = next((i for i, span in enumerate(e.offsets) if span[0] >= boundary and span[1] > span[0]), n)
-    elif e.token_to_chars(k)[0] < boundary:  # a token straddling prompt and response
-        k += 1
+    *earlier, (last_start, _) = r.spans()
+    spans = [(_token_at(e, a, n), _token_at(e, b, n)) for a, b in earlier]  # labelled positions, [start, stop)
+    k = _token_at(e, last_start, n)
     end = n
     while end > k and e.token_to_chars(end - 1) is None:  # special tokens the tokenizer appended
         end -= 1
-    labels = [IGNORE] * k
-    labels += ids[k:end]
-    if end < n:
-        labels += [IGNORE] * (n - end)
-    spans = [(k, end)]  # labelled positions, [start, stop)
+    spans.append((k, end))
+    labels = [IGNORE] * n
+    for a, b in spans:
+        labels[a:b] = ids[a:b]
     if r.append_eos:
         ids.append(tokenizer.eos_token_id)
         labels.append(tokenizer.eos_token_id)
-        spans = [(k, n + 1)] if end == n else spans + [(n, n + 1)]
+        spans = spans[:-1] + [(k, n + 1)] if end == n else spans + [(n, n + 1)]
     n_labels = sum(max(0, min(b, max_tokens) - max(a, 1)) for a, b in spans)
     truncated = len(ids) > max_tokens
     if truncated:
         del ids[max_tokens:]
         del labels[max_tokens:]
-    return Encoded(ids, labels, k, truncated, n_labels)
+    first = spans[0][0]
+    return Encoded(ids, labels, first, truncated, n_labels)
 
 
 def _by_offsets(r: Rendered, ids: list[int], offsets, tokenizer, max_tokens: int) -> Encoded:
     ids = list(ids)
-    boundary = len(r.prompt)
-    labels = [tok if start >= boundary and end > start else IGNORE
+    spans = r.spans()
+    labels = [tok if end > start and any(a <= start < b for a, b in spans) else IGNORE
               for tok, (start, end) in zip(ids, offsets)]
     if r.append_eos:
         ids.append(tokenizer.eos_token_id)

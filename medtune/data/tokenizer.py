@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from medtune.config import Recipe
+from medtune.base.errors import RecipeError
 from medtune.data.cache import cache_root, sources_digest
 
 
@@ -41,12 +42,25 @@ def load(recipe: Recipe):
 
 
 def load_base(recipe: Recipe):
-    """The tokenizer as saved at its location, without the recipe's added tokens."""
+    """The tokenizer as saved at its location, without the recipe's added tokens.
+
+    With ``data.chat_template`` its chat template is that file's text (so the
+    exported tokenizer carries it). Raises `RecipeError` for ``data.template:
+    chat`` when the tokenizer has no chat template and none is given.
+    """
     from transformers import AutoTokenizer
 
     m = recipe.model
-    return AutoTokenizer.from_pretrained(location(recipe), revision=None if m.tokenizer else m.revision,
-                                         trust_remote_code=m.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(location(recipe), revision=None if m.tokenizer else m.revision,
+                                        trust_remote_code=m.trust_remote_code)
+    d = recipe.data
+    if d.chat_template is not None:
+        tok.chat_template = Path(d.chat_template).read_text(encoding="utf-8")
+    if d.template == "chat" and getattr(tok, "chat_template", None) is None:
+        raise RecipeError([f"data.template = chat: the tokenizer {location(recipe)} has no chat template; "
+                           "give one with data.chat_template: path/to/template.jinja, or use "
+                           "data.template: paper"])
+    return tok
 
 
 def add_tokens(tok, model) -> list[str]:

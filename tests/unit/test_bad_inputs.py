@@ -64,6 +64,14 @@ def _data(tmp: Path, text: str | bytes, name: str = "d.jsonl", fmt: str = "jsonl
     return _recipe(tmp, _with(data={"sources": [{"path": str(f), "format": fmt}], **data}))
 
 
+def _parquet(path: Path, rows: list[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
 def _ds(tmp: Path, block: dict | str) -> Path:
     f = tmp / "ds.json"
     f.write_text(block if isinstance(block, str) else json.dumps(block))
@@ -151,6 +159,24 @@ ROWS = [
         [str(t / "gone.jsonl"), "data.sources.0.path"])),
     ("data: unknown reader", lambda t: (["prepare", str(_data(t, INSTR + "\n", fmt="jsonll"))],
                                         ["data.sources.0.format", "jsonl"])),
+    ("data: messages, strict, an empty conversation",
+     lambda t: (["prepare", str(_data(t, '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", '
+                                         '"content": "hello"}]}\n{"messages": []}\n', fmt="messages",
+                                         strict=True))],
+                [str(t / "d.jsonl") + ": row 2", "empty conversation"])),
+    ("data: sharegpt turn of an unknown role",
+     lambda t: (["prepare", str(_data(t, json.dumps([{"conversations": [{"from": "human", "value": "hi"},
+                                                                          {"from": "function_call", "value": "f()"}]}]),
+                                      name="d.json", fmt="sharegpt"))],
+                [str(t / "d.json") + ": row 1", "unknown from 'function_call'", "no usable samples"])),
+    ("data: a parquet file without the mapped column",
+     lambda t: (["prepare", str(_recipe(t, _with(data={"sources": [{
+         "path": str(_parquet(t / "qa.parquet", [{"question": "q?", "reply": "a"}])), "format": "hub",
+         "columns": {"input": "question", "output": "answer"}, "instruction": "Answer."}]})))],
+                [str(t / "qa.parquet"), "no column 'answer' (columns: question, reply)", "data.sources.0"])),
+    ("data: template chat on a tokenizer without one",
+     lambda t: (["prepare", str(_data(t, INSTR + "\n", template="chat"))],
+                ["data.template = chat", "has no chat template", "data.chat_template"])),
     ("data: conll row without a tag",
      lambda t: (["prepare", str(_data(t, "Aspirin\tB\nworks\n\n", name="c.tsv", fmt="conll"))],
                 [str(t / "c.tsv") + ":2"])),

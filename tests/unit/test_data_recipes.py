@@ -90,3 +90,49 @@ def test_shared_corpora_recipe_points_at_the_shared_folder():
         SHARED_DATA.resolve() / "ncbi_disease", SHARED_DATA.resolve() / "bc5cdr_chem",
         SHARED_DATA.resolve() / "pubmedqa"]
     assert all(s.split == "train" for s in recipe.data.sources)
+
+
+# ---- the released data set: nlpie/Llama2-MedTuned-Instructions, read from a local file of its columns ----
+
+RELEASED = RECIPES / "data" / "llama2-medtuned-instructions.yaml"
+RELEASED_ROWS = [
+    {"instruction": "Tag the diseases.", "input": "Fever and cough .", "output": "Fever : B\nand : O\ncough : B\n. : O",
+     "source": "ncbi"},
+    {"instruction": "Tag the diseases.", "input": "Fever and cough .", "output": "Fever : B\nand : O\ncough : B\n. : O",
+     "source": "ncbi"},  # released twice: kept twice (dedup off)
+    {"instruction": "Tag the chemicals.", "input": "Aspirin helps .", "output": "Aspirin : B\nhelps : O\n. : O",
+     "source": "bc5cdr"},
+    {"instruction": "Answer yes, no or maybe.", "input": "Question: Does it work?", "output": "yes",
+     "source": "pubmedqa"},
+]
+
+
+def _released_on(tmp_path: Path, include: list[str] | None = None):
+    """The data recipe with its hub id swapped for a local parquet file of the release's columns."""
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist(RELEASED_ROWS), f)
+    recipe = config.load(RELEASED, defaults=[TINY])
+    [src] = recipe.data.sources
+    assert (src.path, src.format, src.revision) == ("nlpie/Llama2-MedTuned-Instructions", "hub",
+                                                     "f6baf1d14c364a9cb97e72e22428a54b0a59afc1")
+    assert recipe.data.dedup is False and recipe.data.template == "paper"
+    src = dataclasses.replace(src, path=str(f), include=include)
+    return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, sources=[src]))
+
+
+def test_the_released_data_keeps_every_row_and_counts_each_origin(tmp_path):
+    p = prepare(_released_on(tmp_path), log=lambda _: None)
+    st = p.stats["sources"]["llama2-medtuned"]
+    assert (st["records"], st["duplicates"], st["samples"]) == (4, 0, 4)
+    assert st["origins"] == {"ncbi": 2, "bc5cdr": 1, "pubmedqa": 1}
+
+
+def test_the_released_data_source_column_works_with_include(tmp_path):
+    p = prepare(_released_on(tmp_path, include=["bc5cdr", "pubmedqa"]), log=lambda _: None)
+    st = p.stats["sources"]["llama2-medtuned"]
+    assert (st["records"], st["samples"], st["origins"]) == (2, 2, {"bc5cdr": 1, "pubmedqa": 1})

@@ -199,6 +199,24 @@ def _json_lines(key: str):
     return mutate
 
 
+def _turns(key: str, content: str, as_list: bool = False):
+    """Every turn's `content` gets the characters after its first space (JSON Lines, or a JSON list)."""
+    def mutate(text: str) -> str:
+        rows = json.loads(text) if as_list else [json.loads(line) for line in text.splitlines() if line.strip()]
+        for row in rows:
+            for turn in row[key]:
+                turn[content] = turn[content].replace(" ", f" {ODD}", 1)
+        if as_list:
+            return json.dumps(rows, ensure_ascii=False, indent=1)
+        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return mutate
+
+
+def _text(r: Record) -> str:
+    """Where a record keeps its text: its input, or a prompt/completion's prompt, or every turn."""
+    return r.input + r.instruction + "".join(c for _, c in r.messages or ())
+
+
 def _json_list(text: str) -> str:
     rows = json.loads(text)
     for row in rows:
@@ -241,6 +259,11 @@ ENCODED = [
     ("jsonl-lines", "jsonl", "pmc_llama", ["train.jsonl"], {}, 3, _json_lines("input")),
     ("jsonl-list", "jsonl", "chatdoctor/HealthCareMagic-100k.json", ["HealthCareMagic-100k.json"], {}, 2, _json_list),
     ("hub-data-dir", "hub", "pmc_llama", ["train.jsonl"], {}, 3, _json_lines("input")),
+    ("messages", "messages", "messages/train.jsonl", ["train.jsonl"], {}, 3, _turns("messages", "content")),
+    ("sharegpt", "sharegpt", "sharegpt/train.json", ["train.json"], {}, 2,
+     _turns("conversations", "value", as_list=True)),
+    ("prompt-completion", "prompt_completion", "prompt_completion/train.jsonl", ["train.jsonl"], {}, 3,
+     _json_lines("prompt")),
     ("conll-tab", "conll", "ncbi_disease", ["train.tsv"], {}, 4, _conll),
     ("conll-space-typed", "conll", "i2b2_2012", ["train.tsv"], {"tags": "typed"}, 4, _conll),
     ("conll-docstart", "conll", "jnlpba", ["train.tsv"], {}, 4, _conll),
@@ -253,6 +276,9 @@ ENCODED = [
     ("hoc-names", "hoc", "hoc", ["dev.tsv"], {"split": "dev"}, 3, _tsv),
 ]
 _IDS = [c[0] for c in ENCODED]
+
+
+TABLES = ("hub", "messages", "sharegpt", "prompt_completion")  # read by datasets' builders
 
 
 def test_the_encoding_table_covers_every_reader():
@@ -302,11 +328,11 @@ def test_line_separator_characters_stay_inside_their_record(tmp_path, case, fmt,
     assert ODD in (odd.parent if odd.is_file() else odd).joinpath(main).read_text(encoding="utf-8")
     items = _items(fmt, odd, options)
     assert [type(x).__name__ for x in items] == ["Record"] * count, items[:3]
-    assert all(ODD in r.input for r in items)
+    assert all(ODD in _text(r) for r in items)
 
 
 @pytest.mark.parametrize("case,fmt,folder,names,options,count,mutate",
-                         [c for c in ENCODED if c[1] != "hub"], ids=[c[0] for c in ENCODED if c[1] != "hub"])
+                         [c for c in ENCODED if c[1] not in TABLES], ids=[c[0] for c in ENCODED if c[1] not in TABLES])
 def test_a_file_that_is_not_utf8_is_one_line_naming_file_line_and_byte_offset(
         tmp_path, case, fmt, folder, names, options, count, mutate):
     main = names[0]

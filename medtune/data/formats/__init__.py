@@ -12,7 +12,12 @@ split at ``\n`` only (CRLF read as LF), and a file that is not UTF-8 a
 | format          | reads                                                    | task          |
 |-----------------|----------------------------------------------------------|---------------|
 | ``jsonl``       | generic ``{instruction, input, output}`` JSON Lines/list | its ``task``  |
-| ``hub``         | a Hugging Face dataset (hub id, data dir, saved dataset) | its ``task``  |
+| ``hub``         | ``{instruction, input, output}`` rows of any table       | its ``task``  |
+|                 | `datasets` reads: json/jsonl/parquet/csv/tsv/arrow file, |               |
+|                 | glob, folder, ``save_to_disk`` folder, hub id            |               |
+| ``messages``    | OpenAI ``messages`` conversations (same paths as hub)    | ``chat``      |
+| ``sharegpt``    | ShareGPT ``conversations`` (``from``/``value``)          | ``chat``      |
+| ``prompt_completion`` | ``{prompt, completion}`` rows                      | ``generic``   |
 | ``conll``       | token-per-line IOB NER (``tags: untyped`` or ``typed``)  | ner, ner-typed|
 | ``pubmedqa``    | PubMedQA ``ori_pqal.json`` (+ ``test_ground_truth.json``)| pubmedqa      |
 | ``mednli``      | MedNLI ``mli_*_v1.jsonl``                                | nli           |
@@ -26,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from medtune.data.formats import conll, hub, instructions, mednli, pubmedqa, tsv
+from medtune.data.formats import chats, conll, hub, instructions, mednli, pubmedqa, tables, tsv
 from medtune.data.formats.files import SourceError
 from medtune.data.formats.records import Malformed, Record
 
@@ -45,8 +50,15 @@ class Reader:
 
 
 READERS: dict[str, Reader] = {
-    "jsonl": Reader(instructions.read, files=instructions.files),
-    "hub": Reader(hub.read, local=False, files=hub.files, options=("split", "revision")),
+    "jsonl": Reader(instructions.read, files=instructions.files, options=("split", "columns", "instruction")),
+    "hub": Reader(hub.read, local=False, files=hub.files,
+                  options=("split", "revision", "columns", "instruction")),
+    "messages": Reader(chats.read_messages, local=False, files=tables.data_files,
+                       options=("split", "revision", "columns")),
+    "sharegpt": Reader(chats.read_sharegpt, local=False, files=tables.data_files,
+                       options=("split", "revision", "columns")),
+    "prompt_completion": Reader(chats.read_prompt_completion, local=False, files=tables.data_files,
+                                options=("split", "revision", "columns")),
     "conll": Reader(conll.read, files=conll.files, options=("split", "tags")),
     "pubmedqa": Reader(pubmedqa.read, files=pubmedqa.files),
     "mednli": Reader(mednli.read, files=mednli.files),
@@ -56,11 +68,23 @@ READERS: dict[str, Reader] = {
 }
 
 # Source settings that only some readers understand (checked in recipes).
+_TABLES = ("hub", "messages", "sharegpt", "prompt_completion")
 SETTINGS: dict[str, tuple[str, ...]] = {
     "tags": ("conll",),
-    "revision": ("hub",),
-    "task": ("jsonl", "hub"),
-    "include": ("jsonl", "hub"),
+    "revision": _TABLES,
+    "task": ("jsonl", *_TABLES),
+    "include": ("jsonl", *_TABLES),
+    "columns": ("jsonl", *_TABLES),
+    "instruction": ("jsonl", "hub"),
+}
+
+# The field names a source's `columns:` may map, per reader.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "jsonl": ("instruction", "input", "output", "task", "source"),
+    "hub": ("instruction", "input", "output", "task", "source"),
+    "messages": ("messages", "task", "source"),
+    "sharegpt": ("conversations", "task", "source"),
+    "prompt_completion": ("prompt", "completion", "task", "source"),
 }
 
 
@@ -74,4 +98,4 @@ def source_files(fmt: str, path: str, split: str) -> list[Path]:
     return reader.files(path, split)
 
 
-__all__ = ["READERS", "SETTINGS", "Reader", "Record", "Malformed", "SourceError", "source_files"]
+__all__ = ["READERS", "SETTINGS", "FIELDS", "Reader", "Record", "Malformed", "SourceError", "source_files"]

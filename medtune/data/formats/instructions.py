@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from medtune.data.formats.files import read_text, split_file, text_lines
+from medtune.data.formats.files import SourceError, read_text, split_file, text_lines
 from medtune.data.formats.records import Malformed, Record
 
 NAMES = ("{split}.jsonl", "{split}.json")
@@ -24,8 +24,36 @@ def files(path: str, split: str = "train") -> list[Path]:
     return [split_file(path, split, NAMES)]
 
 
-def read(path: str, split: str = "train") -> Iterator[Record | Malformed]:
+def read(path: str, split: str = "train", columns: dict[str, str] | None = None,
+         instruction: str | None = None) -> Iterator[Record | Malformed]:
+    """Records of a JSON Lines file or a JSON list, each located at its line.
+
+    `columns` maps field names to the file's keys (``{"output": "answer"}``);
+    `instruction` is every record's instruction (the file's own ignored).
+    Raises `SourceError` for a file that is not JSON (parquet, csv, arrow:
+    ``format: hub`` reads those).
+    """
     p = files(path, split)[0]
+    if p.suffix.lower() in (".parquet", ".csv", ".tsv", ".arrow"):
+        raise SourceError(f"{p} is not JSON Lines or a JSON list: read it with format: hub, which reads "
+                          "any table datasets reads (json, jsonl, parquet, csv, tsv, arrow)")
+    for item in _read(p):
+        yield item if isinstance(item, Malformed) else _mapped(item, columns, instruction)
+
+
+def _mapped(item: tuple[Any, str, int, str], columns: dict[str, str] | None,
+            instruction: str | None) -> Record | Malformed:
+    obj, path, line, where = item
+    if isinstance(obj, dict) and columns:
+        rename = {theirs: ours for ours, theirs in columns.items()}
+        obj = {rename.get(k, k): v for k, v in obj.items() if k not in columns or k in rename}
+    if isinstance(obj, dict) and instruction is not None:
+        obj = {**obj, "instruction": instruction}
+    return record(obj, path, line, where)
+
+
+def _read(p: Path) -> Iterator[tuple[Any, str, int, str] | Malformed]:
+    """``(object, file, line, where)`` per item of the file, or a `Malformed` for a bad JSON line."""
     path = str(p)
     if p.suffix == ".json":
         text = read_text(p)
@@ -44,10 +72,10 @@ def read(path: str, split: str = "train") -> Iterator[Record | Malformed]:
         except json.JSONDecodeError as err:
             yield Malformed(path, lineno, f"bad JSON: {err.msg}")
             continue
-        yield record(obj, path, lineno)
+        yield obj, path, lineno, ""
 
 
-def _read_list(text: str, path: str) -> Iterator[Record | Malformed]:
+def _read_list(text: str, path: str) -> Iterator[tuple[Any, str, int, str] | Malformed]:
     """The items of a JSON list, each located at the line where it starts.
 
     The list is decoded item by item (``json.JSONDecoder.raw_decode``) to know
@@ -60,7 +88,7 @@ def _read_list(text: str, path: str) -> Iterator[Record | Malformed]:
         yield Malformed(path, err.lineno, f"bad JSON: {err.msg}")
         return
     for i, (line, obj) in enumerate(found):
-        yield record(obj, path, line, f"item {i + 1}: ")
+        yield obj, path, line, f"item {i + 1}: "
 
 
 _WS = re.compile(r"[ \t\n\r]*")  # JSON's whitespace

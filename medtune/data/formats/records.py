@@ -20,6 +20,11 @@ class Record:
     (NER tags, a label, HoC labels); ``None`` for free text."""
     source: str | None = None
     """The sub-source a mixed dataset names in its ``source`` field, if any."""
+    messages: tuple[tuple[str, str], ...] | None = None
+    """A conversation's ``(role, content)`` turns (roles ``system``, ``user``,
+    ``assistant``), or ``None`` for a single-turn record. The template trains
+    every assistant turn; `instruction` then holds the first user turn and
+    `output` the last assistant turn (for statistics), `input` is empty."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,10 @@ class Malformed:
     path: str
     line: int
     reason: str
+    unit: str = "line"
+    """``line`` (a text file's line) or ``row`` (a table's row, numbered from 1)."""
 
     def __str__(self) -> str:
+        if self.unit == "row":
+            return f"{self.path}: row {self.line}: {self.reason}"
         return f"{self.path}:{self.line}: {self.reason}"
