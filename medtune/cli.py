@@ -15,6 +15,7 @@ from pathlib import Path
 from medtune import config
 from medtune.base import exitcodes
 from medtune.base.errors import UserError
+from medtune.engine import ds_compat
 
 
 class _Parser(argparse.ArgumentParser):
@@ -150,6 +151,10 @@ def _resume_args(p: argparse.ArgumentParser) -> None:
                    help="resume even though training-relevant recipe fields or the data changed")
 
 
+LAUNCHING = {"train", "launch", "slurm"}
+"""Verbs that start ranks: the installed DeepSpeed is checked first (`medtune.engine.ds_compat`)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
@@ -162,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         verbs = {"prepare": _prepare, "train": _train, "launch": _launch, "slurm": _slurm,
                  "plan": _plan, "doctor": _doctor, "export": _export,
                  "eval": _eval, "score": _score}
+        if args.verb in LAUNCHING:
+            ds_compat.check_version()
         return verbs[args.verb](args)
     except config.RecipeError as err:
         for line in err.problems:

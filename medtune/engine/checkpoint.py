@@ -33,6 +33,7 @@ import torch
 
 from medtune.base.errors import UserError
 from medtune.base.fsutil import locked, write_atomic
+from medtune.engine import ds_compat
 
 MARKER = "COMPLETE"
 FINISHED = "finished.json"
@@ -100,7 +101,7 @@ def save(engine, run_dir: Path, state: TrainerState, rank: int, keep_last: int |
         if rank == 0 and out.exists():
             shutil.rmtree(out)  # the remains of a save that was killed
     dist.barrier()
-    with _recorded(failed), _deepspeed_writes_recorded(engine, failed):
+    with _recorded(failed), ds_compat.checkpoint_writes_recorded(engine, failed, _recorded):
         # every collective of DeepSpeed's save runs on every rank; only the writes may fail
         engine.save_checkpoint(str(root), tag=out.name, client_state={}, save_latest=False)
     if not failed:
@@ -134,46 +135,6 @@ class _recorded:
             return False
         self.failed.append(" ".join(f"{kind.__name__}: {err}".split())[:300])
         return True
-
-
-class _deepspeed_writes_recorded:
-    """Record, instead of raise, failures of the files DeepSpeed's ``save_checkpoint`` writes.
-
-    DeepSpeed 0.19's ``save_checkpoint`` writes through
-    ``engine.checkpoint_engine.save`` (``torch.save``) and ``.makedirs``, and
-    rank 0 copies its recovery scripts (``_copy_recovery_script``) between
-    barriers: a write that raised there would take its rank out of the
-    remaining barriers while the others wait in them (until the collective
-    timeout). Guarded, every rank runs the whole function.
-    """
-
-    def __init__(self, engine, failed: list[str]):
-        self.engine, self.failed = engine, failed
-
-    def __enter__(self):
-        ce, failed = self.engine.checkpoint_engine, self.failed
-        self.saved = {"save": ce.save, "makedirs": ce.makedirs}
-        self.copy = self.engine.__dict__.get("_copy_recovery_script")
-
-        def guard(fn):
-            def guarded(*args, **kwargs):
-                if failed:
-                    return None  # the checkpoint is lost already: write nothing more
-                with _recorded(failed):
-                    return fn(*args, **kwargs)
-            return guarded
-        ce.save, ce.makedirs = guard(ce.save), guard(ce.makedirs)
-        self.engine._copy_recovery_script = guard(self.engine._copy_recovery_script)
-        return self
-
-    def __exit__(self, *_exc):
-        ce = self.engine.checkpoint_engine
-        ce.save, ce.makedirs = self.saved["save"], self.saved["makedirs"]
-        if self.copy is None:
-            del self.engine._copy_recovery_script
-        else:
-            self.engine._copy_recovery_script = self.copy
-        return False
 
 
 def _agree(failed: list[str], run_dir: Path, out: Path, rank: int) -> None:
@@ -352,9 +313,7 @@ def to_universal(ckpt: Path) -> Path:
         tmp = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt),
-               "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
-               "--num_merge_workers", "1"]
+        cmd = ds_compat.universal_argv(sys.executable, ckpt, tmp)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise ResumeError(f"converting {ckpt} to a universal checkpoint failed:\n{done.stderr[-3000:]}")
@@ -367,38 +326,19 @@ def to_universal(ckpt: Path) -> Path:
 def load(engine, ckpt: Path, universal: Path | None, rank: int) -> TrainerState:
     """Restore model, optimizer, scheduler and this rank's RNGs; return the trainer state."""
     src = universal or ckpt
-    decays = [g["weight_decay"] for g in _torch_optimizer(engine).param_groups]
+    decays = [g["weight_decay"] for g in ds_compat.torch_optimizer(engine).param_groups]
     loaded, _ = engine.load_checkpoint(str(src.parent), tag=src.name, load_optimizer_states=True,
                                        load_lr_scheduler_states=True)
     if loaded is None:  # DeepSpeed's way of saying it found nothing: never resume silently
         raise ResumeError(f"DeepSpeed loaded nothing from {src}")
     if universal is not None:
-        _unshare_adam_steps(engine.optimizer)
+        ds_compat.unshare_adam_steps(engine)
         # the universal loader copies group 0's hyperparameters into every
         # group, which would put weight decay on biases and norms
-        for group, decay in zip(_torch_optimizer(engine).param_groups, decays):
+        for group, decay in zip(ds_compat.torch_optimizer(engine).param_groups, decays):
             group["weight_decay"] = decay
     _load_rng(ckpt / "rng", rank)
     return read_state(ckpt)
-
-
-def _torch_optimizer(engine):
-    return getattr(engine.optimizer, "optimizer", engine.optimizer)
-
-
-def _unshare_adam_steps(zero_optimizer) -> None:
-    """Give every ZeRO-3 sub-group its own Adam step counter after a universal load.
-
-    DeepSpeed 0.19's universal loader assigns one step tensor object to all
-    sub-groups (decay and no-decay here); torch's Adam increments it in
-    place once per sub-group, so the bias correction ran ahead by one step
-    per extra group and the resumed run drifted (loss off by 1e-3 after 3
-    steps, measured against an uninterrupted run).
-    """
-    for flat in getattr(zero_optimizer, "fp32_partitioned_groups_flat", []):
-        state = zero_optimizer.optimizer.state.get(flat)
-        if state and torch.is_tensor(state.get("step")):
-            state["step"] = state["step"].clone()
 
 
 def _load_rng(folder: Path, rank: int) -> None:
