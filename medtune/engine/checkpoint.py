@@ -38,8 +38,6 @@ from medtune.engine import ds_compat
 MARKER = "COMPLETE"
 FINISHED = "finished.json"
 """In the run directory: written by rank 0 when a run ended normally (after its export)."""
-HOLD_SAVE_ENV = "MEDTUNE_TEST_HOLD_SAVE_AT"   # test hook: rank 0 stops mid-save at this step
-FAIL_SAVE_ENV = "MEDTUNE_TEST_FAIL_SAVE_AT"   # test hook: the last rank's save at this step fails
 
 
 class ResumeError(UserError):
@@ -73,13 +71,32 @@ class TrainerState:
     data_fingerprint: str = ""
 
 
+class SaveHooks:
+    """Called by `save` at fixed points of a checkpoint write; the default does nothing.
+
+    ``after_shards(step, folder, rank)`` runs on every rank once its DeepSpeed
+    shards and RNG state are in `folder` and before the ranks agree that the
+    write succeeded: an exception there counts as this rank's failed write,
+    and a process killed there leaves the checkpoint without ``COMPLETE``.
+    Tests replace `HOOKS` (tests/hooks/sitecustomize.py) to fail or hold a save.
+    """
+
+    def after_shards(self, step: int, folder: Path, rank: int) -> None:
+        return None
+
+
+HOOKS = SaveHooks()
+"""The hooks `save` calls unless it is given others."""
+
+
 def tag_for(step: int) -> str:
     return f"step-{step:08d}"
 
 
 # ---------------------------------------------------------------- saving
 
-def save(engine, run_dir: Path, state: TrainerState, rank: int, keep_last: int | None) -> Path:
+def save(engine, run_dir: Path, state: TrainerState, rank: int, keep_last: int | None,
+         hooks: SaveHooks | None = None) -> Path:
     """Write a complete checkpoint of this step from every rank (a collective).
 
     Any failure of a write on any rank (a full disk makes ``torch.save``
@@ -88,7 +105,8 @@ def save(engine, run_dir: Path, state: TrainerState, rank: int, keep_last: int |
     others, leaves through the same calls and none waits in a barrier for a
     rank that gave up. The partial checkpoint is removed and every rank raises
     `CheckpointError` ("writing checkpoint X failed (rank R: reason); the
-    previous checkpoint Y is intact"), which rank 0 prints.
+    previous checkpoint Y is intact"), which rank 0 prints. `hooks` defaults
+    to the module's `HOOKS`.
     """
     import deepspeed.comm as dist
 
@@ -107,7 +125,7 @@ def save(engine, run_dir: Path, state: TrainerState, rank: int, keep_last: int |
     if not failed:
         with _recorded(failed):
             _save_rng(out / "rng", rank)
-            _test_hooks(state.global_step, out, rank)
+            (hooks or HOOKS).after_shards(state.global_step, out, rank)
     _agree(failed, run_dir, out, rank)
     if rank == 0:
         with _recorded(failed):
@@ -171,16 +189,6 @@ def prune(root: Path, keep_last: int | None) -> list[Path]:
         shutil.rmtree(p, ignore_errors=True)
         shutil.rmtree(root / "universal" / p.name, ignore_errors=True)
     return doomed
-
-
-def _test_hooks(step: int, out: Path, rank: int) -> None:
-    if os.environ.get(FAIL_SAVE_ENV) == str(step) and rank == int(os.environ.get("WORLD_SIZE", "1")) - 1:
-        # what torch.save raises on a full disk, on the last rank only
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1472 vs 1364")
-    if os.environ.get(HOLD_SAVE_ENV) == str(step) and rank == 0:
-        (out / ".held").write_text(str(os.getpid()))
-        while True:  # the test kills us here, mid-save
-            time.sleep(1)
 
 
 def _save_rng(folder: Path, rank: int) -> None:

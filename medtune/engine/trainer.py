@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +117,8 @@ def total_steps(recipe: Recipe, data: PackedData, packs_per_step: int) -> int:
 
 
 def train_step(engine, data: PackedData, my_slots: tuple[int | None, ...], n_step: int, world: int,
-               normalisation: str, kernels: Kernels, poison: bool = False) -> torch.Tensor:
+               normalisation: str, kernels: Kernels,
+               loss_hook: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Run one optimizer step over this rank's packs; return its summed loss.
 
     With ``tokens`` normalisation the gradient is that of
@@ -127,6 +127,8 @@ def train_step(engine, data: PackedData, my_slots: tuple[int | None, ...], n_ste
     communication because every rank holds the same plan. DeepSpeed divides
     each backward by the accumulation steps and averages gradients over
     ranks, so each micro-batch's sum is scaled by ``world * accum / n_step``.
+    `loss_hook`, when given, replaces each micro-batch's summed loss by its
+    result before anything reads it.
     """
     grad_accum = len(my_slots)
     # on the engine's device: the step's one collective runs there (NCCL takes no CPU tensors)
@@ -134,8 +136,8 @@ def train_step(engine, data: PackedData, my_slots: tuple[int | None, ...], n_ste
     for pack_index in my_slots:
         batch = data.batch(pack_index)
         summed = micro_loss(engine, batch, engine.device, kernels)
-        if poison:  # test hook: a non-finite loss, as a diverging run would produce
-            summed = summed * float("nan")
+        if loss_hook is not None:
+            summed = loss_hook(summed)
         local_sum += summed.detach().double()
         if normalisation == "tokens":
             loss = summed * (world * grad_accum / max(n_step, 1))
@@ -146,18 +148,34 @@ def train_step(engine, data: PackedData, my_slots: tuple[int | None, ...], n_ste
     return local_sum
 
 
-NAN_ENV = "MEDTUNE_TEST_NAN_AT_STEPS"  # test hook: comma-separated steps whose loss is made NaN
+class TrainHooks:
+    """Called by `run` at fixed points of training; the default changes nothing.
+
+    ``loss_hook(step)`` returns a function applied to every micro-batch's
+    summed loss of optimizer step `step` (1-based), or None to leave them be.
+    Tests replace `HOOKS` (tests/hooks/sitecustomize.py), e.g. to make a
+    step's loss NaN as a diverging run would.
+    """
+
+    def loss_hook(self, step: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return None
+
+
+HOOKS = TrainHooks()
+"""The hooks `run` calls unless it is given others."""
 
 
 def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: TrainerState,
         log: MetricsLog, save: Callable[[TrainerState], Path], stop: Callable[[], bool],
-        say: Callable[[str], None], kernels: Kernels, perf: Throughput) -> str:
+        say: Callable[[str], None], kernels: Kernels, perf: Throughput,
+        hooks: TrainHooks | None = None) -> str:
     """Train from `state` (updated in place) to the end of the recipe.
 
     Returns why it ended: ``done``, ``signal`` (a stop was requested: the step
     in progress was finished and saved) or ``bad_loss`` (too many non-finite
     steps in a row: saved with the last good weights, since DeepSpeed applies
-    no update for a step whose gradient norm is not finite).
+    no update for a step whose gradient norm is not finite). `hooks` defaults
+    to the module's `HOOKS`.
     """
     import deepspeed.comm as dist
     from tqdm import tqdm
@@ -165,7 +183,7 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
     t = recipe.train
     pps = state.packs_per_step
     total = total_steps(recipe, data, pps)
-    poisoned = {int(x) for x in os.environ.get(NAN_ENV, "").split(",") if x}
+    hooks = hooks or HOOKS
     bar = tqdm(total=total, initial=state.global_step, desc="train", unit="step",
                disable=rank != 0 or not recipe.logging.progress, dynamic_ncols=True)
     say(f"{len(data.packs)} packs of <= {data.max_tokens} tokens, {pps} packs per step, "
@@ -180,7 +198,7 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
             skipped = engine.skipped_steps
             began = time.perf_counter()
             local_sum = train_step(engine, data, step.slots[rank], n_step, world, t.loss_normalisation,
-                                   kernels, poison=state.global_step + 1 in poisoned)
+                                   kernels, hooks.loss_hook(state.global_step + 1))
             # one collective per step: the loss, and whether any rank was asked to stop
             shared = torch.stack([local_sum, torch.tensor(float(stop()), dtype=torch.float64,
                                                           device=local_sum.device)])
