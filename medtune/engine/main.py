@@ -36,7 +36,7 @@ class Rank:
 class Training:
     """What `build` returns and `_train` runs: the DeepSpeed engine and everything around it."""
     engine: object             # deepspeed.DeepSpeedEngine
-    data: object               # trainer.PackedData
+    data: object               # medtune.data.packed.PackedData
     state: object              # checkpoint.TrainerState (the checkpoint's, when resuming)
     kernels: object            # trainer.Kernels
     perf: object               # metrics.Throughput

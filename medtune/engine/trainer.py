@@ -11,43 +11,12 @@ import torch
 
 from medtune.config import Recipe
 from medtune.data.collator import Batch, collate
-from medtune.data.packing import pack, plan_epoch
+from medtune.data.packed import PackedData
+from medtune.data.packing import plan_epoch
 from medtune.engine.checkpoint import TrainerState
 from medtune.engine.metrics import MetricsLog, Throughput, model_state_bytes
-from medtune.models.flops import FlopModel
 from medtune.kernels.attention import Choice, varlen_kwargs
 from medtune.kernels.loss import LogitTransform, ce_sum, chunked_ce_sum
-
-
-@dataclass(frozen=True)
-class PackedData:
-    """The tokenized samples and their packs; every rank holds the same plan."""
-    dataset: object                 # datasets.Dataset with input_ids / labels
-    packs: list[list[int]]
-    pack_tokens: list[int]
-    pack_labels: list[int]
-    pack_flops: list[float]
-    """Model FLOPs of each pack (forward and backward): what the ranks of a step balance."""
-    max_tokens: int
-    pad_id: int
-
-    @classmethod
-    def build(cls, dataset, max_tokens: int, pad_id: int, flops: FlopModel | None = None) -> "PackedData":
-        """Packs balanced in `flops` (in tokens when no FLOP model is given)."""
-        lengths = list(dataset["length"])  # a datasets Column reads one row per index
-        n_labels = list(dataset["n_labels"])
-        cost = flops.sample if flops is not None else None
-        packs = pack(lengths, max_tokens, cost)
-        tokens = [sum(lengths[i] for i in p) for p in packs]
-        return cls(dataset, packs, tokens, [sum(n_labels[i] for i in p) for p in packs],
-                   [flops.pack(lengths[i] for i in p) for p in packs] if flops else tokens,
-                   max_tokens, pad_id)
-
-    def batch(self, pack_index: int | None) -> Batch:
-        if pack_index is None:
-            return collate([], self.pad_id)
-        rows = self.dataset[self.packs[pack_index]]
-        return collate(list(zip(rows["input_ids"], rows["labels"])), self.pad_id)
 
 
 @dataclass(frozen=True)
