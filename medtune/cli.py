@@ -122,6 +122,8 @@ def _eval_parser(verbs) -> None:
     ev.add_argument("--max-new-tokens", type=int, help="override generation.max_new_tokens")
     ev.add_argument("--num-beams", type=int, help="override generation.num_beams (1: greedy)")
     ev.add_argument("--batch-size", type=int, help="override generation.batch_size")
+    ev.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="dotted evaluation-recipe overrides, e.g. sets.0.limit=50 generation.num_beams=4")
     ev.add_argument("--seed-compat", action="store_true",
                     help="kept for old command lines: the seed's token-keyed NER score is always "
                          "reported now, beside the strict and lenient position-aligned scores")
@@ -523,8 +525,8 @@ def _eval(args) -> int:
     from medtune.evaluation import sets
     from medtune.evaluation.run import evaluate
 
-    overrides = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.num_beams),
-                                   ("batch_size", args.batch_size)) if v is not None}
+    flags = (("max_new_tokens", args.max_new_tokens), ("num_beams", args.num_beams), ("batch_size", args.batch_size))
+    overrides = [*args.overrides, *(f"generation.{k}={v}" for k, v in flags if v is not None)]
     recipe = sets.load(args.recipe, overrides)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be at least 1")

@@ -260,30 +260,32 @@ def resolve(run_dir: Path, resume: str) -> Path | None:
 
 
 def training_fields(recipe) -> dict[str, Any]:
-    """The recipe fields that change what a run computes, as dotted keys.
+    """The recipe fields that change what a run computes, as dotted keys (list items by index).
 
-    Left out: how often to save or log, where to cache, how to launch, ZeRO's
-    communication tuning and the compute kernels (none of which changes the
-    math beyond rounding); changing any other field under a resumed run is refused.
+    Which fields count is marked in the schema (`medtune.config.resume_fields`,
+    kind ``refuse``): left out are how often to save or log, where to cache,
+    how to launch, ZeRO's communication tuning and the compute kernels (none of
+    which changes the math beyond rounding); changing any other field under a
+    resumed run is refused. A mapping the schema does not describe field by
+    field (``model.config``) is one value.
     """
-    from medtune.config import to_dict
+    from medtune.config import resume_fields, to_dict
 
-    skip = {"name", "launch", "logging", "zero", "data.cache_dir", "train.save_every",
-            "train.keep_last", "train.export", "train.max_bad_steps", "kernels",
-            "model.gradient_checkpointing"}
+    kinds = resume_fields(type(recipe))
     out: dict[str, Any] = {}
 
-    def walk(node, prefix):
+    def walk(node, prefix, schema_prefix):
         items = node.items() if isinstance(node, dict) else enumerate(node)
         for k, v in items:
-            key = f"{prefix}{k}"
-            if key in skip:
+            key, schema_key = f"{prefix}{k}", f"{schema_prefix}{'*' if isinstance(k, int) else k}"
+            if kinds.get(schema_key, kinds.get(schema_prefix.rstrip("."), "refuse")) == "free":
                 continue
-            if isinstance(v, (dict, list)) and v and key != "model.config":
-                walk(v, key + ".")
+            described = any(s.startswith(schema_key + ".") for s in kinds)
+            if v and (isinstance(v, list) or (isinstance(v, dict) and described)):
+                walk(v, key + ".", schema_key + ".")
             else:
                 out[key] = v
-    walk(to_dict(recipe), "")
+    walk(to_dict(recipe), "", "")
     return json.loads(json.dumps(out))  # the form it takes after a JSON round trip
 
 
