@@ -98,6 +98,9 @@ def test_versions_in_range_pass(version):
 
 @pytest.mark.parametrize("version", ["0.16.9", "0.20.0", "0.20.0rc1", "1.0.0", "not-a-version"])
 def test_versions_outside_the_range_are_one_line_naming_both(version):
+    """A trainer meeting a DeepSpeed it was not written for fails deep inside a step
+    (lmms-finetune#64, DeepSpeed#1218: ``'DeepSpeedZeroOptimizer_Stage3' object has no attribute ...``);
+    medtune says so in one line before anything starts."""
     with pytest.raises(ds_compat.DeepSpeedVersionError) as err:
         ds_compat.check_version(version)
     msg = str(err.value)
@@ -134,3 +137,22 @@ def test_a_rank_refuses_an_unsupported_deepspeed(monkeypatch, capsys):
     assert code == 2 and called == []
     assert capsys.readouterr().err.startswith("medtune: error: DeepSpeed is not installed; medtune needs "
                                               "deepspeed>=0.17,<0.20")
+
+
+def test_deepspeed_zero_is_an_attribute_not_a_module():
+    """DeepSpeed#837 ("module 'deepspeed' has no attribute 'zero'"), and what this move met: the public
+    ``deepspeed.zero`` is ``deepspeed.runtime.zero`` bound as an attribute, so ``from deepspeed.zero
+    import X`` fails while ``import deepspeed; deepspeed.zero.X`` (medtune.kernels.loss's form) works."""
+    import subprocess
+    import sys
+
+    works = subprocess.run([sys.executable, "-c", "import deepspeed; z = deepspeed.zero; "
+                            "print(z.ZeroParamStatus.NOT_AVAILABLE.name, z.GatheredParameters.__name__)"],
+                           capture_output=True, text=True, timeout=300)
+    assert works.stdout.splitlines()[-1].split() == ["NOT_AVAILABLE", "GatheredParameters"], works.stderr[-2000:]
+    fails = subprocess.run([sys.executable, "-c", "from deepspeed.zero import ZeroParamStatus"],
+                           capture_output=True, text=True, timeout=300)
+    assert fails.returncode != 0 and "No module named 'deepspeed.zero'" in fails.stderr
+    offenders = [str(p) for p in PACKAGE.rglob("*.py")
+                 if re.search(r"^\s*(from|import) deepspeed\.zero\b", p.read_text(), re.M)]
+    assert offenders == []
