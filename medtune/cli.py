@@ -15,6 +15,7 @@ from pathlib import Path
 from medtune import config
 from medtune.base import exitcodes
 from medtune.base.errors import UserError
+from medtune.engine import ds_compat
 
 
 class _Parser(argparse.ArgumentParser):
@@ -135,6 +136,8 @@ def _eval_parser(verbs) -> None:
     ev.add_argument("--max-new-tokens", type=int, help="override generation.max_new_tokens")
     ev.add_argument("--num-beams", type=int, help="override generation.num_beams (1: greedy)")
     ev.add_argument("--batch-size", type=int, help="override generation.batch_size")
+    ev.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="dotted evaluation-recipe overrides, e.g. sets.0.limit=50 generation.num_beams=4")
     ev.add_argument("--seed-compat", action="store_true",
                     help="kept for old command lines: the seed's token-keyed NER score is always "
                          "reported now, beside the strict and lenient position-aligned scores")
@@ -164,6 +167,10 @@ def _resume_args(p: argparse.ArgumentParser) -> None:
                    help="resume even though training-relevant recipe fields or the data changed")
 
 
+LAUNCHING = {"train", "launch", "slurm"}
+"""Verbs that start ranks: the installed DeepSpeed is checked first (`medtune.engine.ds_compat`)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
@@ -176,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         verbs = {"prepare": _prepare, "inspect": _inspect, "train": _train, "launch": _launch, "slurm": _slurm,
                  "plan": _plan, "doctor": _doctor, "export": _export,
                  "eval": _eval, "score": _score}
+        if args.verb in LAUNCHING:
+            ds_compat.check_version()
         return verbs[args.verb](args)
     except config.RecipeError as err:
         for line in err.problems:
@@ -542,8 +551,8 @@ def _eval(args) -> int:
     from medtune.evaluation import sets
     from medtune.evaluation.run import evaluate
 
-    overrides = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.num_beams),
-                                   ("batch_size", args.batch_size)) if v is not None}
+    flags = (("max_new_tokens", args.max_new_tokens), ("num_beams", args.num_beams), ("batch_size", args.batch_size))
+    overrides = [*args.overrides, *(f"generation.{k}={v}" for k, v in flags if v is not None)]
     recipe = sets.load(args.recipe, overrides)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be at least 1")

@@ -20,7 +20,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import asdict, fields, is_dataclass
+import typing
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,8 +37,23 @@ COMMAND_LINE = "command line"
 _SCHEMA = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
-def _section(cls):
+def section(cls):
+    """A schema class: a frozen, keyword-only pydantic dataclass refusing unknown keys, its
+    attribute docstrings kept as field descriptions (recipes and evaluation recipes alike)."""
     return dataclass(frozen=True, kw_only=True, config=_SCHEMA)(cls)
+
+
+_section = section
+
+
+RESUME = "resume"
+"""The key of a field's ``json_schema_extra`` that says what a change of it means to a resumed run:
+``refuse`` (it changes what the run computes: resuming is refused unless ``--allow-changed``) or
+``free`` (how often to save or log, where to cache, how to launch, ZeRO's communication tuning, the
+compute kernels: none changes the math beyond rounding). An unmarked field takes its section's
+kind; every section of `Recipe` is marked. `resume_fields` reads the marks."""
+REFUSE = {RESUME: "refuse"}
+FREE = {RESUME: "free"}
 
 
 @_section
@@ -74,7 +90,7 @@ class ModelConfig:
     layers, each new row set to the mean of the old ones."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """Training dtype: ``auto`` is bf16 on GPUs that support it, else fp32."""
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(default=False, json_schema_extra=FREE)
     """Recompute activations in the backward pass to save memory."""
     trust_remote_code: bool = False
     """Allow model code from the hub (only for families transformers lacks)."""
@@ -172,10 +188,10 @@ class DataConfig:
     strict: bool = False
     """Make a malformed line or record an error instead of skipping and
     counting it."""
-    cache_dir: str | None = None
+    cache_dir: str | None = Field(default=None, json_schema_extra=FREE)
     """Where tokenized data is cached; default ``$MEDTUNE_CACHE`` or
     ``~/.cache/medtune``."""
-    validation: ValidationConfig | None = None
+    validation: ValidationConfig | None = Field(default=None, json_schema_extra=FREE)
     """Held-out validation data (``eval/loss``). A training record whose text
     (instruction as read, input, output) equals a validation record's is
     removed from training and counted; absent: no validation data, and the
@@ -208,12 +224,12 @@ class TrainConfig:
     """Clip the global gradient norm to this (0 turns clipping off)."""
     seed: int = 42
     """Seed of model initialisation and every rank's RNGs."""
-    save_every: int = Field(default=0, ge=0)
+    save_every: int = Field(default=0, ge=0, json_schema_extra=FREE)
     """Write a checkpoint every N optimizer steps (0: only at the end)."""
-    keep_last: int | None = Field(default=None, ge=1)
+    keep_last: int | None = Field(default=None, ge=1, json_schema_extra=FREE)
     """Keep only the newest N complete checkpoints (``None``: keep all). The
     newest complete checkpoint is never deleted."""
-    max_bad_steps: int = Field(default=5, ge=1)
+    max_bad_steps: int = Field(default=5, ge=1, json_schema_extra=FREE)
     """Stop (with a checkpoint of the last good weights) after this many
     optimizer steps in a row with a non-finite loss or gradient; each such
     step is skipped, not applied."""
@@ -221,21 +237,21 @@ class TrainConfig:
     """``tokens``: the step's loss is the mean over every response token of
     the step, across micro-batches and ranks. ``micro_mean`` (a mean of
     per-micro-batch means, as older Trainers did) only reproduces old runs."""
-    export: bool = True
+    export: bool = Field(default=True, json_schema_extra=FREE)
     """Write a verified Hugging Face export at the end of training."""
-    eval_every: int = Field(default=0, ge=0)
+    eval_every: int = Field(default=0, ge=0, json_schema_extra=FREE)
     """Evaluate every N optimizer steps and at the end (0: never): ``eval/loss``
     over ``data.validation`` and the task metrics of ``eval_tasks``."""
-    eval_tasks: str | None = None
+    eval_tasks: str | None = Field(default=None, json_schema_extra=FREE)
     """An evaluation recipe (``recipes/eval/*.yaml``) whose task metrics
     (``eval/<set>/<metric>``) are computed at each evaluation."""
-    eval_tasks_limit: int | None = Field(default=None, ge=1)
+    eval_tasks_limit: int | None = Field(default=None, ge=1, json_schema_extra=FREE)
     """Samples per set of ``eval_tasks`` (``None``: the evaluation recipe's own limit)."""
-    best_metric: str | None = None
+    best_metric: str | None = Field(default=None, json_schema_extra=FREE)
     """The logged metric that picks the best checkpoint (``eval/loss`` or
     ``eval/<set>/<metric>``); a checkpoint is then written at every evaluation
     and the best one is kept as ``checkpoints/best`` whatever ``keep_last`` says."""
-    best_mode: Literal["min", "max"] | None = None
+    best_mode: Literal["min", "max"] | None = Field(default=None, json_schema_extra=FREE)
     """Whether lower or higher ``best_metric`` is better (default: ``min`` for
     names ending in ``loss``, else ``max``)."""
 
@@ -349,20 +365,81 @@ class LoggingConfig:
 
 @_section
 class Recipe:
-    name: str = "run"
+    name: str = Field(default="run", json_schema_extra=FREE)
     """Run name; defaults to the recipe file's stem."""
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    zero: ZeroConfig = Field(default_factory=ZeroConfig)
-    kernels: KernelsConfig = Field(default_factory=KernelsConfig)
-    launch: LaunchConfig = Field(default_factory=LaunchConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig, json_schema_extra=REFUSE)
+    data: DataConfig = Field(default_factory=DataConfig, json_schema_extra=REFUSE)
+    train: TrainConfig = Field(default_factory=TrainConfig, json_schema_extra=REFUSE)
+    zero: ZeroConfig = Field(default_factory=ZeroConfig, json_schema_extra=FREE)
+    kernels: KernelsConfig = Field(default_factory=KernelsConfig, json_schema_extra=FREE)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig, json_schema_extra=FREE)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, json_schema_extra=FREE)
+
+
+def resume_fields(cls=None, prefix: str = "", inherited: str = "refuse") -> dict[str, str]:
+    """Dotted key -> ``refuse`` | ``free`` for every field of the schema class `cls` (default
+    `Recipe`) and the fields of its sections; items of a list of sections as ``*``
+    (``data.sources.*.weight``). A field's kind is its `RESUME` mark, else its section's."""
+    out: dict[str, str] = {}
+    for name, info in (cls or Recipe).__pydantic_fields__.items():
+        kind = (info.json_schema_extra or {}).get(RESUME, inherited)
+        key = f"{prefix}{name}"
+        out[key] = kind
+        inner = _dataclass_in(info.annotation)
+        if inner is not None:
+            listed = typing.get_origin(info.annotation) is list
+            out.update(resume_fields(inner, f"{key}.*." if listed else f"{key}.", kind))
+    return out
 
 
 # --------------------------------------------------------------------------
 # Loading: YAML files, `base:` composition, dotted overrides, provenance.
 # --------------------------------------------------------------------------
+
+def compose(path: str | os.PathLike, resolve_paths=None, noun: str = "recipe") -> tuple[dict, dict[str, str]]:
+    """The YAML mapping of `path` with its ``base:`` files merged in, and its provenance.
+
+    Bases (a path or a list) are merged in order, then the file's own keys
+    win; mappings merge key by key, lists and scalars replace. A base is
+    looked up beside the file, then under ``recipes/``. `resolve_paths(raw,
+    folder)` rewrites one file's relative paths against its folder before
+    the merge (default: a training recipe's path keys). Provenance maps each
+    dotted key (list items by index: ``data.sources.0.path``) to the file that
+    set it. Raises `RecipeError` naming the file (missing, not a mapping,
+    bad YAML, a ``base:`` cycle).
+    """
+    return _load_tree(Path(path), (), resolve_paths or _resolve_paths, noun)
+
+
+def apply_overrides(tree: dict, origin: dict[str, str], overrides: list[str] | tuple[str, ...]) -> None:
+    """Set each ``dotted.key=value`` of `overrides` in `tree` (YAML-typed values), provenance
+    `COMMAND_LINE`. A numeric part indexes a list (``data.sources.0.weight=2``, as Hydra/OmegaConf
+    dotlists do); an index past the list's end is a `RecipeError` naming the override."""
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(tree, key, value, item)
+        origin[key] = COMMAND_LINE
+
+
+def build(cls, tree: dict, origin: dict[str, str], default_file: str):
+    """Validate `tree` into the schema class `cls` (a `_section` dataclass); every problem at once.
+
+    Raises `RecipeError`, one line per problem, each naming the file (from
+    `origin`) and the dotted key: ``FILE: train.lr = -1: must be greater than 0``.
+    """
+    try:
+        return cls(**tree)
+    except ValidationError as err:
+        raise RecipeError([_describe(e, origin, default_file, cls)
+                           for e in _join_union_branches(err.errors(), cls)]) from None
+    except TypeError as err:  # a section given as a scalar or a list
+        raise RecipeError([f"{default_file}: {err}"]) from None
+
+
+def where(key: str, origin: dict[str, str], default_file: str) -> str:
+    """The file (or `COMMAND_LINE`) that set dotted `key` or its nearest parent."""
+    return _where(key, origin, default_file)
+
 
 def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
          defaults: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = (),
@@ -376,9 +453,9 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
     line"}`` for every key a file or override set (a list is one key).
     """
     path = Path(path)
-    tree, origin = _load_tree(path, chain=())
+    tree, origin = compose(path)
     for extra in defaults:
-        sub, sub_origin = _load_tree(Path(extra), chain=())
+        sub, sub_origin = compose(extra)
         for section, value in sub.items():
             if section not in tree:
                 tree[section] = value
@@ -386,10 +463,7 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
                                if k == section or k.startswith(section + ".")})
     tree.setdefault("name", path.stem)
     origin.setdefault("name", str(path))
-    for item in overrides:
-        key, value = _parse_override(item)
-        _set_dotted(tree, key, value)
-        origin[key] = COMMAND_LINE
+    apply_overrides(tree, origin, overrides)
     if provenance is not None:
         provenance.update(origin)
     return validate(tree, origin, default_file=str(path), check_files=check_files)
@@ -399,14 +473,7 @@ def validate(tree: dict, origin: dict[str, str], default_file: str,
              check_files: bool = True) -> Recipe:
     """Turn a merged tree into a `Recipe`, reporting every problem at once."""
     problems: list[str] = []
-    try:
-        recipe = Recipe(**tree)
-    except ValidationError as err:
-        for e in _join_union_branches(err.errors()):
-            problems.append(_describe(e, tree, origin, default_file))
-        raise RecipeError(problems) from None
-    except TypeError as err:  # a section given as a scalar or a list
-        raise RecipeError([f"{default_file}: {err}"]) from None
+    recipe = build(Recipe, tree, origin, default_file)
     for key, msg in _cross_checks(recipe, check_files):
         problems.append(f"{_where(key, origin, default_file)}: {key}: {msg}")
     if problems:
@@ -533,7 +600,7 @@ def looks_local(value: str) -> bool:
 _MOVED = {"model.attention": "kernels.attention"}
 
 
-def _join_union_branches(errors: list[dict]) -> list[dict]:
+def _join_union_branches(errors: list[dict], root=None) -> list[dict]:
     """One error per key: pydantic reports a value that fits no member of a union (``int |
     Literal["auto"]``) once per member, its loc ending in the member's tag (``int``,
     ``literal['auto']``); those become one error at the key, their messages joined by "or"."""
@@ -541,9 +608,10 @@ def _join_union_branches(errors: list[dict]) -> list[dict]:
     by_key: dict[tuple, dict] = {}
     for e in errors:
         loc = tuple(str(p) for p in e["loc"])
-        parent = _schema_at(list(loc[:-2])) if len(loc) >= 2 else None
-        is_branch = (parent is not None and not loc[-1].isdigit() and loc[-2] in {f.name for f in fields(parent)}
-                     and _dataclass_in({f.name: f.type for f in fields(parent)}[loc[-2]]) is None)
+        parent = _schema_at(list(loc[:-2]), root) if len(loc) >= 2 else None
+        hints = _hints(parent) if parent is not None else {}
+        is_branch = (parent is not None and not loc[-1].isdigit() and loc[-2] in hints
+                     and _dataclass_in(hints[loc[-2]]) is None)
         if not is_branch:
             out.append(e)
             continue
@@ -556,12 +624,12 @@ def _join_union_branches(errors: list[dict]) -> list[dict]:
     return out
 
 
-def _describe(e: dict, tree: dict, origin: dict[str, str], default_file: str) -> str:
+def _describe(e: dict, origin: dict[str, str], default_file: str, root=None) -> str:
     loc = [str(p) for p in e["loc"]]
     key = ".".join(loc)
     where = _where(key, origin, default_file)
     if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
-        parent = _schema_at(loc[:-1])
+        parent = _schema_at(loc[:-1], root)
         allowed = [f.name for f in fields(parent)] if parent else []
         near = difflib.get_close_matches(loc[-1], allowed, n=1)
         hint = f"did you mean '{near[0]}'?" if near else f"allowed: {', '.join(allowed)}"
@@ -583,12 +651,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _schema_at(loc: list[str]):
-    cls = Recipe
+def _hints(cls) -> dict[str, Any]:
+    """Field name -> resolved annotation of a schema class (its own module's names)."""
+    return typing.get_type_hints(cls)
+
+
+def _schema_at(loc: list[str], root=None):
+    cls = root or Recipe
     for part in loc:
         if part.isdigit():
             continue
-        hints = {f.name: f.type for f in fields(cls)}
+        hints = _hints(cls)
         if part not in hints:
             return None
         nxt = _dataclass_in(hints[part])
@@ -600,8 +673,6 @@ def _schema_at(loc: list[str]):
 
 def _dataclass_in(annotation):
     """The schema class inside an annotation such as ``list[SourceConfig]``."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, globals())  # our own annotations only
     if getattr(annotation, "__origin__", None) is Literal:  # its args are values, not types
         return None
     if is_dataclass(annotation):
@@ -724,17 +795,18 @@ _PATH_KEYS = ("model.name_or_path", "model.tokenizer", "zero.deepspeed_config", 
 _HUB_FORMATS = ("hub", "messages", "sharegpt", "prompt_completion")
 
 
-def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
+def _load_tree(path: Path, chain: tuple[Path, ...], resolve_paths, noun: str) -> tuple[dict, dict[str, str]]:
     path = path.resolve() if path.exists() else path
     if path in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path))
         raise RecipeError([f"{chain[-1]}: base: cycle {cycle}"])
     if not path.is_file():
         where = f"{chain[-1]}: base" if chain else str(path)
-        raise RecipeError([f"{where}: recipe file {path} does not exist"])
+        raise RecipeError([f"{where}: {noun} file {path} does not exist"])
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
-        raise RecipeError([f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}"])
+        raise RecipeError([f"{path}: a{'n' if noun[0] in 'aeiou' else ''} {noun} is a mapping of sections, "
+                           f"got {type(raw).__name__}"])
     bases = raw.pop("base", None) or []
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
@@ -743,10 +815,10 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str
     origin: dict[str, str] = {}
     for base in bases:
         base_path = _find_base(base, path.parent)
-        sub, sub_origin = _load_tree(base_path, (*chain, path))
+        sub, sub_origin = _load_tree(base_path, (*chain, path), resolve_paths, noun)
         _merge(tree, sub)
         origin.update(sub_origin)
-    _resolve_paths(raw, path.parent)
+    resolve_paths(raw, path.parent)
     _merge(tree, raw)
     for key in _leaf_keys(raw):
         origin[key] = str(path)
@@ -814,11 +886,12 @@ def _merge(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
-def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+def _leaf_keys(tree: dict | list, prefix: str = "") -> list[str]:
+    """Dotted keys of every leaf of `tree`, list items by index (``data.sources.0.path``)."""
     out = []
-    for k, v in tree.items():
+    for k, v in (tree.items() if isinstance(tree, dict) else enumerate(tree)):
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
+        if isinstance(v, (dict, list)) and v:
             out += _leaf_keys(v, key + ".")
         else:
             out.append(key)
@@ -838,25 +911,34 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
+def _set_dotted(tree: dict, key: str, value: Any, item: str = "") -> None:
+    """``tree[a][b]...[leaf] = value`` for ``a.b...leaf``; missing mappings are created, a numeric
+    part indexes an existing list (`RecipeError` past its end)."""
     *parents, leaf = key.split(".")
-    node = tree
-    for part in parents:
-        if not isinstance(node.get(part), dict):
+    node: Any = tree
+    for i, part in enumerate([*parents, leaf]):
+        last = i == len(parents)
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                at = ".".join(key.split(".")[:i])
+                size = (f"a list of {len(node)} item{'s' if len(node) != 1 else ''}; index it with "
+                        f"0..{len(node) - 1}" if node else "an empty list: set it whole")
+                raise RecipeError([f"{COMMAND_LINE}: override '{item or key}': {at} is {size}"])
+            part = int(part)
+        elif not last and not isinstance(node.get(part), (dict, list)):
             node[part] = {}
-        node = node[part]
-    node[leaf] = value
+        if last:
+            node[part] = value
+        else:
+            node = node[part]
 
 
-def to_dict(recipe: Recipe) -> dict:
-    """Plain data for writing the resolved recipe (tuples become lists)."""
-    def plain(x):
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
-    return plain(asdict(recipe))
+def to_dict(recipe) -> dict:
+    """Plain JSON-able data of a recipe (or any schema object: an evaluation recipe), tuples as
+    lists, for writing it (pydantic's ``TypeAdapter.dump_python(mode="json")``)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(type(recipe)).dump_python(recipe, mode="json")
 
 
 def dump(recipe: Recipe, path: str | os.PathLike) -> None:

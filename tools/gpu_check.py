@@ -64,7 +64,7 @@ class Check:
                     "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                     "MEDTUNE_CACHE": str(work / "cache"), "TOKENIZERS_PARALLELISM": "false",
                     "PYTHONPATH": os.pathsep.join([str(REPO), str(self.site)])}
-        self.env.pop("MEDTUNE_TEST_HOLD_SAVE_AT", None)
+        self.env.pop("MEDTUNE_TEST_HOOKS", None)  # tests.hooks: no injected faults here
 
     def left(self) -> float:
         return self.deadline - time.monotonic()

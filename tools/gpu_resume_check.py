@@ -8,7 +8,7 @@ Three real ``medtune train`` runs of one small recipe (the demo data, one rank,
 
 1. an uninterrupted run (the reference);
 2. the same run, beside it, held by medtune's test hook inside the save of
-   step 8 (``MEDTUNE_TEST_HOLD_SAVE_AT``) and killed there with SIGKILL of its
+   step 8 (``tests.hooks.env(hold_save_at=8)``) and killed there with SIGKILL of its
    whole process group: a kill after a checkpoint exists, in the middle of the
    next one, at a point that does not depend on how fast the device is;
 3. ``medtune train`` again on that run directory (``--resume auto``): it must
@@ -127,7 +127,8 @@ def reload_export(run: Path, device: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medtune.engine.checkpoint import HOLD_SAVE_ENV, latest
+    from medtune.engine.checkpoint import latest
+    from tests import hooks
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         say("data and tokenizer prepared")
         base, run = work / "reference", work / "resumed"
         ref_proc = medtune_("train", str(recipe), "--run-dir", str(base), log=work / "reference.log")
-        held = medtune_("train", str(recipe), "--run-dir", str(run), env={HOLD_SAVE_ENV: str(HELD_AT)},
+        held = medtune_("train", str(recipe), "--run-dir", str(run), env=hooks.env(hold_save_at=HELD_AT),
                        log=work / "killed.log")
         marker = run / "checkpoints" / f"step-{HELD_AT:08d}" / ".held"
         end = time.time() + 400

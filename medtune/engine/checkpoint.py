@@ -36,12 +36,11 @@ import torch
 
 from medtune.base.errors import UserError
 from medtune.base.fsutil import locked, write_atomic
+from medtune.engine import ds_compat
 
 MARKER = "COMPLETE"
 FINISHED = "finished.json"
 """In the run directory: written by rank 0 when a run ended normally (after its export)."""
-HOLD_SAVE_ENV = "MEDTUNE_TEST_HOLD_SAVE_AT"   # test hook: rank 0 stops mid-save at this step
-FAIL_SAVE_ENV = "MEDTUNE_TEST_FAIL_SAVE_AT"   # test hook: the last rank's save at this step fails
 
 
 class ResumeError(UserError):
@@ -85,13 +84,32 @@ class TrainerState:
 BEST = "best"
 
 
+class SaveHooks:
+    """Called by `save` at fixed points of a checkpoint write; the default does nothing.
+
+    ``after_shards(step, folder, rank)`` runs on every rank once its DeepSpeed
+    shards and RNG state are in `folder` and before the ranks agree that the
+    write succeeded: an exception there counts as this rank's failed write,
+    and a process killed there leaves the checkpoint without ``COMPLETE``.
+    Tests replace `HOOKS` (tests/hooks/sitecustomize.py) to fail or hold a save.
+    """
+
+    def after_shards(self, step: int, folder: Path, rank: int) -> None:
+        return None
+
+
+HOOKS = SaveHooks()
+"""The hooks `save` calls unless it is given others."""
+
+
 def tag_for(step: int) -> str:
     return f"step-{step:08d}"
 
 
 # ---------------------------------------------------------------- saving
 
-def save(engine, run_dir: Path, state: TrainerState, rank: int, keep_last: int | None) -> Path:
+def save(engine, run_dir: Path, state: TrainerState, rank: int, keep_last: int | None,
+         hooks: SaveHooks | None = None) -> Path:
     """Write a complete checkpoint of this step from every rank (a collective).
 
     Any failure of a write on any rank (a full disk makes ``torch.save``
@@ -100,7 +118,8 @@ def save(engine, run_dir: Path, state: TrainerState, rank: int, keep_last: int |
     others, leaves through the same calls and none waits in a barrier for a
     rank that gave up. The partial checkpoint is removed and every rank raises
     `CheckpointError` ("writing checkpoint X failed (rank R: reason); the
-    previous checkpoint Y is intact"), which rank 0 prints.
+    previous checkpoint Y is intact"), which rank 0 prints. `hooks` defaults
+    to the module's `HOOKS`.
     """
     import deepspeed.comm as dist
 
@@ -113,13 +132,13 @@ def save(engine, run_dir: Path, state: TrainerState, rank: int, keep_last: int |
         if rank == 0 and out.exists():
             shutil.rmtree(out)  # the remains of a save that was killed
     dist.barrier()
-    with _recorded(failed), _deepspeed_writes_recorded(engine, failed):
+    with _recorded(failed), ds_compat.checkpoint_writes_recorded(engine, failed, _recorded):
         # every collective of DeepSpeed's save runs on every rank; only the writes may fail
         engine.save_checkpoint(str(root), tag=out.name, client_state={}, save_latest=False)
     if not failed:
         with _recorded(failed):
             _save_rng(out / "rng", rank)
-            _test_hooks(state.global_step, out, rank)
+            (hooks or HOOKS).after_shards(state.global_step, out, rank)
     _agree(failed, run_dir, out, rank)
     if rank == 0:
         with _recorded(failed):
@@ -149,46 +168,6 @@ class _recorded:
             return False
         self.failed.append(" ".join(f"{kind.__name__}: {err}".split())[:300])
         return True
-
-
-class _deepspeed_writes_recorded:
-    """Record, instead of raise, failures of the files DeepSpeed's ``save_checkpoint`` writes.
-
-    DeepSpeed 0.19's ``save_checkpoint`` writes through
-    ``engine.checkpoint_engine.save`` (``torch.save``) and ``.makedirs``, and
-    rank 0 copies its recovery scripts (``_copy_recovery_script``) between
-    barriers: a write that raised there would take its rank out of the
-    remaining barriers while the others wait in them (until the collective
-    timeout). Guarded, every rank runs the whole function.
-    """
-
-    def __init__(self, engine, failed: list[str]):
-        self.engine, self.failed = engine, failed
-
-    def __enter__(self):
-        ce, failed = self.engine.checkpoint_engine, self.failed
-        self.saved = {"save": ce.save, "makedirs": ce.makedirs}
-        self.copy = self.engine.__dict__.get("_copy_recovery_script")
-
-        def guard(fn):
-            def guarded(*args, **kwargs):
-                if failed:
-                    return None  # the checkpoint is lost already: write nothing more
-                with _recorded(failed):
-                    return fn(*args, **kwargs)
-            return guarded
-        ce.save, ce.makedirs = guard(ce.save), guard(ce.makedirs)
-        self.engine._copy_recovery_script = guard(self.engine._copy_recovery_script)
-        return self
-
-    def __exit__(self, *_exc):
-        ce = self.engine.checkpoint_engine
-        ce.save, ce.makedirs = self.saved["save"], self.saved["makedirs"]
-        if self.copy is None:
-            del self.engine._copy_recovery_script
-        else:
-            self.engine._copy_recovery_script = self.copy
-        return False
 
 
 def _agree(failed: list[str], run_dir: Path, out: Path, rank: int) -> None:
@@ -227,16 +206,6 @@ def prune(root: Path, keep_last: int | None) -> list[Path]:
         shutil.rmtree(p, ignore_errors=True)
         shutil.rmtree(root / "universal" / p.name, ignore_errors=True)
     return doomed
-
-
-def _test_hooks(step: int, out: Path, rank: int) -> None:
-    if os.environ.get(FAIL_SAVE_ENV) == str(step) and rank == int(os.environ.get("WORLD_SIZE", "1")) - 1:
-        # what torch.save raises on a full disk, on the last rank only
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1472 vs 1364")
-    if os.environ.get(HOLD_SAVE_ENV) == str(step) and rank == 0:
-        (out / ".held").write_text(str(os.getpid()))
-        while True:  # the test kills us here, mid-save
-            time.sleep(1)
 
 
 def _save_rng(folder: Path, rank: int) -> None:
@@ -343,32 +312,34 @@ def resolve(run_dir: Path, resume: str) -> Path | None:
 
 
 def training_fields(recipe) -> dict[str, Any]:
-    """The recipe fields that change what a run computes, as dotted keys.
+    """The recipe fields that change what a run computes, as dotted keys (list items by index).
 
-    Left out: how often to save or log, where to cache, how to launch, ZeRO's
-    communication tuning, the compute kernels (none of which changes the
-    math beyond rounding) and evaluation (the validation set's effect on the
-    training data is in the data fingerprint); changing any other field under a resumed run is refused.
+    Which fields count is marked in the schema (`medtune.config.resume_fields`,
+    kind ``refuse``): left out are how often to save or log, where to cache,
+    how to launch, ZeRO's communication tuning and the compute kernels (none of
+    which changes the math beyond rounding); changing any other field under a
+    resumed run is refused; evaluation (``data.validation``, ``train.eval_*``,
+    ``train.best_*``) is left out too, its effect on the training data being in the data
+    fingerprint. A mapping the schema does not describe field by
+    field (``model.config``) is one value.
     """
-    from medtune.config import to_dict
+    from medtune.config import resume_fields, to_dict
 
-    skip = {"name", "launch", "logging", "zero", "data.cache_dir", "train.save_every",
-            "train.keep_last", "train.export", "train.max_bad_steps", "kernels",
-            "model.gradient_checkpointing", "data.validation", "train.eval_every", "train.eval_tasks",
-            "train.eval_tasks_limit", "train.best_metric", "train.best_mode"}
+    kinds = resume_fields(type(recipe))
     out: dict[str, Any] = {}
 
-    def walk(node, prefix):
+    def walk(node, prefix, schema_prefix):
         items = node.items() if isinstance(node, dict) else enumerate(node)
         for k, v in items:
-            key = f"{prefix}{k}"
-            if key in skip:
+            key, schema_key = f"{prefix}{k}", f"{schema_prefix}{'*' if isinstance(k, int) else k}"
+            if kinds.get(schema_key, kinds.get(schema_prefix.rstrip("."), "refuse")) == "free":
                 continue
-            if isinstance(v, (dict, list)) and v and key != "model.config":
-                walk(v, key + ".")
+            described = any(s.startswith(schema_key + ".") for s in kinds)
+            if v and (isinstance(v, list) or (isinstance(v, dict) and described)):
+                walk(v, key + ".", schema_key + ".")
             else:
                 out[key] = v
-    walk(to_dict(recipe), "")
+    walk(to_dict(recipe), "", "")
     return json.loads(json.dumps(out))  # the form it takes after a JSON round trip
 
 
@@ -406,9 +377,7 @@ def to_universal(ckpt: Path) -> Path:
         tmp = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt),
-               "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
-               "--num_merge_workers", "1"]
+        cmd = ds_compat.universal_argv(sys.executable, ckpt, tmp)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise ResumeError(f"converting {ckpt} to a universal checkpoint failed:\n{done.stderr[-3000:]}")
@@ -421,38 +390,19 @@ def to_universal(ckpt: Path) -> Path:
 def load(engine, ckpt: Path, universal: Path | None, rank: int) -> TrainerState:
     """Restore model, optimizer, scheduler and this rank's RNGs; return the trainer state."""
     src = universal or ckpt
-    decays = [g["weight_decay"] for g in _torch_optimizer(engine).param_groups]
+    decays = [g["weight_decay"] for g in ds_compat.torch_optimizer(engine).param_groups]
     loaded, _ = engine.load_checkpoint(str(src.parent), tag=src.name, load_optimizer_states=True,
                                        load_lr_scheduler_states=True)
     if loaded is None:  # DeepSpeed's way of saying it found nothing: never resume silently
         raise ResumeError(f"DeepSpeed loaded nothing from {src}")
     if universal is not None:
-        _unshare_adam_steps(engine.optimizer)
+        ds_compat.unshare_adam_steps(engine)
         # the universal loader copies group 0's hyperparameters into every
         # group, which would put weight decay on biases and norms
-        for group, decay in zip(_torch_optimizer(engine).param_groups, decays):
+        for group, decay in zip(ds_compat.torch_optimizer(engine).param_groups, decays):
             group["weight_decay"] = decay
     _load_rng(ckpt / "rng", rank)
     return read_state(ckpt)
-
-
-def _torch_optimizer(engine):
-    return getattr(engine.optimizer, "optimizer", engine.optimizer)
-
-
-def _unshare_adam_steps(zero_optimizer) -> None:
-    """Give every ZeRO-3 sub-group its own Adam step counter after a universal load.
-
-    DeepSpeed 0.19's universal loader assigns one step tensor object to all
-    sub-groups (decay and no-decay here); torch's Adam increments it in
-    place once per sub-group, so the bias correction ran ahead by one step
-    per extra group and the resumed run drifted (loss off by 1e-3 after 3
-    steps, measured against an uninterrupted run).
-    """
-    for flat in getattr(zero_optimizer, "fp32_partitioned_groups_flat", []):
-        state = zero_optimizer.optimizer.state.get(flat)
-        if state and torch.is_tensor(state.get("step")):
-            state["step"] = state["step"].clone()
 
 
 def _load_rng(folder: Path, rank: int) -> None:

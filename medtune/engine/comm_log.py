@@ -25,9 +25,9 @@ def record_steps(engine, run_dir: Path, rank: int, start_step: int) -> Path:
     does for ``logging.comm_log``). What ran before (model construction,
     ``deepspeed.initialize``, loading a checkpoint) is dropped.
     """
-    from deepspeed.comm import comm as dscomm
+    from medtune.engine import ds_compat
 
-    logger = dscomm.comms_logger
+    logger = ds_compat.comm_logger()
     if not logger.enabled:
         raise RuntimeError("the comms logger is off: build the DeepSpeed config with logging.comm_log")
     out = run_dir / "comm" / f"rank-{rank:05d}.jsonl"
@@ -48,7 +48,7 @@ def record_steps(engine, run_dir: Path, rank: int, start_step: int) -> Path:
             # each call's timer sums every earlier call of its op
             logger.reset_data()
             for op in ops:
-                dscomm.timers(op).reset()
+                ds_compat.reset_comm_timer(op)
         return result
     engine.step = step
     return out

@@ -13,6 +13,7 @@ from typing import Callable
 from medtune import config
 from medtune.base import exitcodes
 from medtune.base.errors import UserError
+from medtune.engine import ds_compat
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -30,7 +31,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def run(argv: list[str], rank_main: Callable[..., int]) -> int:
     """`rank_main` (recipe, run_dir, resume, allow_changed) on the parsed `argv`; its exit code.
 
-    A `CheckpointError` is said once (by the rank that raised it loudly) and
+    A DeepSpeed outside `ds_compat.SUPPORTED` is refused first. A `CheckpointError` is said once (by the rank that raised it loudly) and
     gives `exitcodes.IO_ERROR`; a `RecipeError` prints each of its problems
     on its own line and a `UserError` one line, both `exitcodes.USAGE`.
     """
@@ -38,6 +39,7 @@ def run(argv: list[str], rank_main: Callable[..., int]) -> int:
     from medtune.engine.checkpoint import CheckpointError
 
     try:
+        ds_compat.check_version()  # before any DeepSpeed internals are touched
         return rank_main(args.recipe, args.run_dir, args.resume, args.allow_changed)
     except CheckpointError as err:  # every rank raises it; one says it
         if err.loud:

@@ -19,8 +19,8 @@ join the same log line.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -31,8 +31,20 @@ import torch
 
 from medtune.config import Recipe, best_mode
 
-HOLD_EVAL_ENV = "MEDTUNE_TEST_HOLD_EVAL_AT"
-"""Test hook: at this step rank 0 writes ``RUN/.eval-held`` in the middle of the evaluation and waits there."""
+class EvalHooks:
+    """Called by `validation_loss` at a fixed point of an evaluation; the default does nothing.
+
+    ``after_first_pack(step, run_dir, rank)`` runs on every rank once its first
+    validation pack is computed, before the ranks' all-reduce. Tests replace
+    `HOOKS` (tests/hooks/sitecustomize.py) to hold an evaluation and kill it there.
+    """
+
+    def after_first_pack(self, step: int, run_dir: Path, rank: int) -> None:
+        return None
+
+
+HOOKS = EvalHooks()
+"""The hooks `Evaluator` calls unless it is given others."""
 
 
 @contextlib.contextmanager
@@ -61,15 +73,16 @@ def eval_mode(engine):
 
 
 @torch.no_grad()
-def validation_loss(engine, data, rank: int, world: int, kernels, hold: Path | None = None) -> tuple[float, int]:
+def validation_loss(engine, data, rank: int, world: int, kernels,
+                    after_first_pack: Callable[[], None] | None = None) -> tuple[float, int]:
     """Token-mean response cross-entropy over every pack of `data` and all ranks (a collective).
 
     Pack ``p`` runs on rank ``p % world``; a rank with fewer packs runs empty
     placeholder rows so every rank makes the same number of forward calls
     (ZeRO-3 gathers each layer's weights collectively). Returns ``(loss,
     response tokens)``, the same on every rank; the loss is NaN for a set
-    with no response token. `hold` (a test hook) makes rank 0 write that
-    file after its first pack and wait there forever.
+    with no response token. `after_first_pack` is called once this rank's
+    first pack is computed (`EvalHooks`).
     """
     import deepspeed.comm as dist
 
@@ -82,10 +95,8 @@ def validation_loss(engine, data, rank: int, world: int, kernels, hold: Path | N
         batch = data.batch(pack_index)
         local[0] += micro_loss(engine, batch, engine.device, kernels).double()
         local[1] += batch.n_label_tokens
-        if hold is not None and rank == 0 and i == 0:
-            hold.write_text(str(os.getpid()))
-            while True:  # the test kills us here, mid-evaluation
-                time.sleep(1)
+        if after_first_pack is not None and i == 0:
+            after_first_pack()
     dist.all_reduce(local)
     tokens = int(local[1].item())
     return (local[0].item() / tokens if tokens else float("nan")), tokens
@@ -99,8 +110,9 @@ class Evaluator:
     """
 
     def __init__(self, recipe: Recipe, run_dir: Path, rank: int, world: int, validation, kernels,
-                 tokenizer=None, say: Callable[[str], None] = print):
+                 tokenizer=None, say: Callable[[str], None] = print, hooks: EvalHooks | None = None):
         self.recipe, self.run_dir, self.rank, self.world = recipe, run_dir, rank, world
+        self.hooks = hooks or HOOKS
         self.validation, self.kernels, self.tokenizer, self.say = validation, kernels, tokenizer, say
         self.every = recipe.train.eval_every
         self.metric = recipe.train.best_metric
@@ -115,11 +127,11 @@ class Evaluator:
         step = state.global_step
         began = time.perf_counter()
         scalars: dict[str, float] = {}
-        hold = self.run_dir / ".eval-held" if os.environ.get(HOLD_EVAL_ENV) == str(step) else None
+        hook = functools.partial(self.hooks.after_first_pack, step, self.run_dir, self.rank)
         with rng_kept(), eval_mode(engine):
             if self.validation is not None:
                 loss, tokens = validation_loss(engine, self.validation, self.rank, self.world, self.kernels,
-                                               hold)
+                                               hook)
                 scalars["eval/loss"] = loss
             if self.recipe.train.eval_tasks is not None:
                 from medtune.evaluation.during import task_metrics  # trackers' part (issue 17)

@@ -81,7 +81,9 @@ def gather_and_save(engine, run_dir: Path, out_dir: Path, rank: int) -> None:
     """Gather the ZeRO-3 shards to rank 0 and write a verified export (a collective)."""
     import deepspeed.comm as dist
 
-    state = engine._zero3_consolidated_16bit_state_dict()  # every rank must call it
+    from medtune.engine import ds_compat
+
+    state = ds_compat.consolidated_16bit_state_dict(engine)  # every rank must call it
     if rank == 0:
         write(state, engine.module, run_dir / HF_DIR, out_dir)
     dist.barrier()

@@ -36,7 +36,7 @@ class Rank:
 class Training:
     """What `build` returns and `_train` runs: the DeepSpeed engine and everything around it."""
     engine: object             # deepspeed.DeepSpeedEngine
-    data: object               # trainer.PackedData
+    data: object               # medtune.data.packed.PackedData
     state: object              # checkpoint.TrainerState (the checkpoint's, when resuming)
     kernels: object            # trainer.Kernels
     perf: object               # metrics.Throughput
@@ -111,9 +111,9 @@ def _init_distributed(r: Rank) -> None:
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce that only its
         # inference path uses: minutes of compiling on a fresh machine, and a /dev/shm
         # buffer per rank that outlives any rank that is killed. Training never needs it.
-        import deepspeed.ops
+        from medtune.engine import ds_compat
 
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        ds_compat.disable_shm_comm()
     deepspeed.init_distributed(dist_backend="nccl" if r.on_gpu else "gloo", auto_mpi_discovery=False,
                                timeout=timedelta(minutes=r.recipe.launch.timeout_minutes))
 

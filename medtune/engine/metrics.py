@@ -151,12 +151,6 @@ def model_state_bytes(engine) -> dict[str, int]:
                 total += storage.nbytes()
         return total
 
-    opt = engine.optimizer
-    params = list(engine.module.parameters())
-    return {
-        "params": size(getattr(p, "ds_tensor", None) for p in params)
-                  + size(p.data for p in params if getattr(p, "ds_persist", False)),
-        "master": size(getattr(opt, "fp32_partitioned_groups_flat", [])),
-        "optimizer": size(v for state in opt.optimizer.state.values() for v in state.values()),
-        "grads": size([getattr(opt, "grad_partitions_flat_buffer", None)]),
-    }
+    from medtune.engine import ds_compat
+
+    return {kind: size(tensors) for kind, tensors in ds_compat.zero3_state_tensors(engine).items()}

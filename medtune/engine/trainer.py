@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,43 +11,12 @@ import torch
 
 from medtune.config import Recipe
 from medtune.data.collator import Batch, collate
-from medtune.data.packing import pack, plan_epoch
+from medtune.data.packed import PackedData
+from medtune.data.packing import plan_epoch
 from medtune.engine.checkpoint import TrainerState
 from medtune.engine.metrics import MetricsLog, Throughput, model_state_bytes
-from medtune.models.flops import FlopModel
 from medtune.kernels.attention import Choice, varlen_kwargs
 from medtune.kernels.loss import LogitTransform, ce_sum, chunked_ce_sum
-
-
-@dataclass(frozen=True)
-class PackedData:
-    """The tokenized samples and their packs; every rank holds the same plan."""
-    dataset: object                 # datasets.Dataset with input_ids / labels
-    packs: list[list[int]]
-    pack_tokens: list[int]
-    pack_labels: list[int]
-    pack_flops: list[float]
-    """Model FLOPs of each pack (forward and backward): what the ranks of a step balance."""
-    max_tokens: int
-    pad_id: int
-
-    @classmethod
-    def build(cls, dataset, max_tokens: int, pad_id: int, flops: FlopModel | None = None) -> "PackedData":
-        """Packs balanced in `flops` (in tokens when no FLOP model is given)."""
-        lengths = list(dataset["length"])  # a datasets Column reads one row per index
-        n_labels = list(dataset["n_labels"])
-        cost = flops.sample if flops is not None else None
-        packs = pack(lengths, max_tokens, cost)
-        tokens = [sum(lengths[i] for i in p) for p in packs]
-        return cls(dataset, packs, tokens, [sum(n_labels[i] for i in p) for p in packs],
-                   [flops.pack(lengths[i] for i in p) for p in packs] if flops else tokens,
-                   max_tokens, pad_id)
-
-    def batch(self, pack_index: int | None) -> Batch:
-        if pack_index is None:
-            return collate([], self.pad_id)
-        rows = self.dataset[self.packs[pack_index]]
-        return collate(list(zip(rows["input_ids"], rows["labels"])), self.pad_id)
 
 
 @dataclass(frozen=True)
@@ -118,7 +86,8 @@ def total_steps(recipe: Recipe, data: PackedData, packs_per_step: int) -> int:
 
 
 def train_step(engine, data: PackedData, my_slots: tuple[int | None, ...], n_step: int, world: int,
-               normalisation: str, kernels: Kernels, poison: bool = False) -> torch.Tensor:
+               normalisation: str, kernels: Kernels,
+               loss_hook: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Run one optimizer step over this rank's packs; return its summed loss.
 
     With ``tokens`` normalisation the gradient is that of
@@ -127,6 +96,8 @@ def train_step(engine, data: PackedData, my_slots: tuple[int | None, ...], n_ste
     communication because every rank holds the same plan. DeepSpeed divides
     each backward by the accumulation steps and averages gradients over
     ranks, so each micro-batch's sum is scaled by ``world * accum / n_step``.
+    `loss_hook`, when given, replaces each micro-batch's summed loss by its
+    result before anything reads it.
     """
     grad_accum = len(my_slots)
     # on the engine's device: the step's one collective runs there (NCCL takes no CPU tensors)
@@ -134,8 +105,8 @@ def train_step(engine, data: PackedData, my_slots: tuple[int | None, ...], n_ste
     for pack_index in my_slots:
         batch = data.batch(pack_index)
         summed = micro_loss(engine, batch, engine.device, kernels)
-        if poison:  # test hook: a non-finite loss, as a diverging run would produce
-            summed = summed * float("nan")
+        if loss_hook is not None:
+            summed = loss_hook(summed)
         local_sum += summed.detach().double()
         if normalisation == "tokens":
             loss = summed * (world * grad_accum / max(n_step, 1))
@@ -146,12 +117,27 @@ def train_step(engine, data: PackedData, my_slots: tuple[int | None, ...], n_ste
     return local_sum
 
 
-NAN_ENV = "MEDTUNE_TEST_NAN_AT_STEPS"  # test hook: comma-separated steps whose loss is made NaN
+class TrainHooks:
+    """Called by `run` at fixed points of training; the default changes nothing.
+
+    ``loss_hook(step)`` returns a function applied to every micro-batch's
+    summed loss of optimizer step `step` (1-based), or None to leave them be.
+    Tests replace `HOOKS` (tests/hooks/sitecustomize.py), e.g. to make a
+    step's loss NaN as a diverging run would.
+    """
+
+    def loss_hook(self, step: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return None
+
+
+HOOKS = TrainHooks()
+"""The hooks `run` calls unless it is given others."""
 
 
 def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: TrainerState,
         log: MetricsLog, save: Callable[[TrainerState], Path], stop: Callable[[], bool],
-        say: Callable[[str], None], kernels: Kernels, perf: Throughput, evaluator=None) -> str:
+        say: Callable[[str], None], kernels: Kernels, perf: Throughput, evaluator=None,
+        hooks: TrainHooks | None = None) -> str:
     """Train from `state` (updated in place) to the end of the recipe.
 
     `evaluator` (`medtune.engine.evaluate.Evaluator`) evaluates after the
@@ -161,7 +147,8 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
     Returns why it ended: ``done``, ``signal`` (a stop was requested: the step
     in progress was finished and saved) or ``bad_loss`` (too many non-finite
     steps in a row: saved with the last good weights, since DeepSpeed applies
-    no update for a step whose gradient norm is not finite).
+    no update for a step whose gradient norm is not finite). `hooks` defaults
+    to the module's `HOOKS`.
     """
     import deepspeed.comm as dist
     from tqdm import tqdm
@@ -169,7 +156,7 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
     t = recipe.train
     pps = state.packs_per_step
     total = total_steps(recipe, data, pps)
-    poisoned = {int(x) for x in os.environ.get(NAN_ENV, "").split(",") if x}
+    hooks = hooks or HOOKS
     bar = tqdm(total=total, initial=state.global_step, desc="train", unit="step",
                disable=rank != 0 or not recipe.logging.progress, dynamic_ncols=True)
     say(f"{len(data.packs)} packs of <= {data.max_tokens} tokens, {pps} packs per step, "
@@ -184,7 +171,7 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
             skipped = engine.skipped_steps
             began = time.perf_counter()
             local_sum = train_step(engine, data, step.slots[rank], n_step, world, t.loss_normalisation,
-                                   kernels, poison=state.global_step + 1 in poisoned)
+                                   kernels, hooks.loss_hook(state.global_step + 1))
             # one collective per step: the loss, and whether any rank was asked to stop
             shared = torch.stack([local_sum, torch.tensor(float(stop()), dtype=torch.float64,
                                                           device=local_sum.device)])
@@ -212,13 +199,7 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
                 })
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             bar.update(1)
-            if bad:
-                say(f"step {state.global_step}: non-finite loss or gradient, step skipped "
-                    f"({state.bad_steps_in_row} in a row, limit {t.max_bad_steps})")
-            if state.bad_steps_in_row >= t.max_bad_steps:
-                save(state)
-                say(f"stopping: {state.bad_steps_in_row} non-finite steps in a row; the checkpoint of "
-                    f"step {state.global_step} holds the last good weights (no update was applied since)")
+            if _too_many_bad(state, bad, t.max_bad_steps, save, say):
                 return "bad_loss"
             if _evaluate_and_save(engine, state, t, total, evaluator, log, save, shared[1].item() > 0, say):
                 return "signal"
@@ -228,6 +209,20 @@ def run(engine, data: PackedData, recipe: Recipe, rank: int, world: int, state: 
     finally:
         bar.close()
         say(perf.summary())
+
+
+def _too_many_bad(state: TrainerState, bad: bool, limit: int, save: Callable[[TrainerState], Path],
+                  say: Callable[[str], None]) -> bool:
+    """Report a skipped (non-finite) step; at `limit` in a row, checkpoint and return True (stop)."""
+    if bad:
+        say(f"step {state.global_step}: non-finite loss or gradient, step skipped "
+            f"({state.bad_steps_in_row} in a row, limit {limit})")
+    if state.bad_steps_in_row < limit:
+        return False
+    save(state)
+    say(f"stopping: {state.bad_steps_in_row} non-finite steps in a row; the checkpoint of "
+        f"step {state.global_step} holds the last good weights (no update was applied since)")
+    return True
 
 
 def _evaluate_and_save(engine, state: TrainerState, t, total: int, evaluator, log: MetricsLog,

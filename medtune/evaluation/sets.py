@@ -10,8 +10,11 @@ recipe: it names held-out splits, read by the same readers as training
     generation: {max_new_tokens: 512, num_beams: 1, batch_size: 8}
     template: paper
 
-Relative paths are taken relative to the recipe file. Each sample draws its
-instruction from its pool (or the set's own list or file) exactly as training does (`templates.draw`
+Relative paths are taken relative to the file that sets them. An evaluation
+recipe loads like a training recipe (`medtune.config.compose`): ``base:``
+files (beside it, then under ``recipes/``), dotted overrides (``sets.0.limit=50``,
+``generation.num_beams=4``) and errors naming the file that set the key. Each sample draws its
+instruction from its pool (or the set's own list or file) exactly as training does (`templates.pick_instruction`
 with ``mixture_seed``, the set name and the record number), and the prompt is
 rendered by `templates.render`, so generation sees the training prompt.
 """
@@ -19,27 +22,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field, ValidationError
-from pydantic.dataclasses import dataclass
+from pydantic import Field
 
-from medtune.config import read_yaml
+from medtune import config
 from medtune.base.errors import RecipeError
 from medtune.data.instructions import choices, is_file
+from medtune.config import read_yaml, section
 from medtune.data import tasks, templates
 from medtune.data.formats import READERS, Malformed, Record, SourceError
 
-_SCHEMA = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-
-def _section(cls):
-    return dataclass(frozen=True, kw_only=True, config=_SCHEMA)(cls)
-
-
-@_section
+@section
 class EvalSet:
     path: str
     """File or directory of the held-out split, relative to the recipe file."""
@@ -62,7 +58,7 @@ class EvalSet:
     """Key of ``medtune/evaluation/paper_results.yaml`` whose reported figures sit beside ours."""
 
 
-@_section
+@section
 class GenerationConfig:
     max_new_tokens: int = Field(default=512, ge=1)
     """Most tokens generated per sample (NER answers need about 4 per input token)."""
@@ -72,7 +68,7 @@ class GenerationConfig:
     """Prompts per generate call, left-padded."""
 
 
-@_section
+@section
 class EvalRecipe:
     sets: list[EvalSet] = Field(min_length=1)
     """Held-out sets to evaluate."""
@@ -87,21 +83,30 @@ def set_name(s: EvalSet) -> str:
     return s.name or f"{Path(s.path).stem}-{s.split}"
 
 
-def load(path: str | os.PathLike, overrides: dict | None = None) -> EvalRecipe:
-    """Read and validate an evaluation recipe; every problem names the file, key and value."""
+def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> EvalRecipe:
+    """Read, compose and validate an evaluation recipe; `RecipeError` lists every problem.
+
+    `overrides` are ``dotted.key=value`` items applied after the file and its
+    bases (`medtune.config.apply_overrides`). Each problem names the file (or
+    the command line) that set the key, the key and the value.
+    """
     path = Path(path)
-    where = str(path)
-    try:
-        tree = read_yaml(where) or {}
-    except FileNotFoundError:
-        raise RecipeError([f"{where}: no such evaluation recipe (see recipes/eval/)"]) from None
-    if not isinstance(tree, dict):
-        raise RecipeError([f"{where}: an evaluation recipe is a mapping with `sets:` "
-                           "(see recipes/eval/shared-corpora.yaml)"])
-    for key, value in (overrides or {}).items():
-        tree.setdefault("generation", {})[key] = value
-    here = path.resolve().parent
-    for s in tree.get("sets") or []:
+    if not path.is_file():
+        raise RecipeError([f"{path}: no such evaluation recipe (see recipes/eval/)"])
+    tree, origin = config.compose(path, resolve_paths=_resolve_paths, noun="evaluation recipe")
+    config.apply_overrides(tree, origin, overrides)
+    recipe = config.build(EvalRecipe, tree, origin, str(path))
+    problems = [f"{config.where(key, origin, str(path))}: {key}{msg}" for key, msg in _checks(recipe)]
+    if problems:
+        raise RecipeError(problems)
+    return recipe
+
+
+def _resolve_paths(raw: dict, here: Path) -> None:
+    """Each set's relative ``path`` and instruction file (``$VARS`` and ``~`` expanded) against
+    the folder of its file."""
+    sets = raw.get("sets")
+    for s in sets if isinstance(sets, list) else []:
         if isinstance(s, dict) and isinstance(s.get("path"), str):
             p = Path(os.path.expandvars(s["path"])).expanduser()
             s["path"] = str(p if p.is_absolute() else (here / p).resolve())
@@ -109,48 +114,26 @@ def load(path: str | os.PathLike, overrides: dict | None = None) -> EvalRecipe:
         if isinstance(spec, str) and is_file(spec):  # a text file beside the recipe, not a pool name
             p = Path(os.path.expandvars(spec)).expanduser()
             s["instructions"] = str(p if p.is_absolute() else (here / p).resolve())
-    try:
-        recipe = EvalRecipe(**tree)
-    except ValidationError as err:
-        raise RecipeError([_describe(e, where) for e in err.errors()]) from None
-    except TypeError as err:  # a top-level key pydantic could not bind
-        raise RecipeError([f"{where}: {err}"]) from None
-    problems = _checks(recipe, where)
-    if problems:
-        raise RecipeError(problems)
-    return recipe
 
 
-def _describe(e: dict, where: str) -> str:
-    key = ".".join(str(p) for p in e["loc"])
-    if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
-        parent = {"sets": EvalSet, "generation": GenerationConfig}.get(str(e["loc"][0]), EvalRecipe)
-        if len(e["loc"]) == 1:
-            parent = EvalRecipe
-        allowed = ", ".join(f.name for f in fields(parent))
-        return f"{where}: unknown key '{key}' (allowed: {allowed})"
-    if e["type"] == "missing":
-        return f"{where}: {key} is required"
-    return f"{where}: {key} = {e.get('input')!r}: {e['msg'][0].lower() + e['msg'][1:]}"
-
-
-def _checks(r: EvalRecipe, where: str) -> list[str]:
+def _checks(r: EvalRecipe) -> list[tuple[str, str]]:
+    """(dotted key, the rest of the line after it) for each rule a set breaks."""
     problems = []
     names = [set_name(s) for s in r.sets]
     for i, s in enumerate(r.sets):
-        key = f"{where}: sets.{i}"
+        key = f"sets.{i}"
         if s.format not in READERS:
-            problems.append(f"{key}.format = {s.format!r}: unknown reader; use one of "
-                            f"{', '.join(READERS)}")
+            problems.append((f"{key}.format", f" = {s.format!r}: unknown reader; use one of {', '.join(READERS)}"))
         if s.instructions is not None:
             try:
                 choices(s.instructions)
             except ValueError as err:
-                problems.append(f"{key}.instructions: {err}")
+                problems.append((f"{key}.instructions", f": {err}"))
         if s.task is not None and s.task not in tasks.TASKS:
-            problems.append(f"{key}.task = {s.task!r}: not a scored task; use one of {', '.join(tasks.TASKS)}")
+            problems.append((f"{key}.task", f" = {s.task!r}: not a scored task; use one of "
+                                            f"{', '.join(tasks.TASKS)}"))
         if names.count(names[i]) > 1:
-            problems.append(f"{key}.name = {names[i]!r}: two sets share this name; give each a `name:`")
+            problems.append((f"{key}.name", f" = {names[i]!r}: two sets share this name; give each a `name:`"))
     return problems
 
 

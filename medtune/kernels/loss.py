@@ -201,7 +201,9 @@ def chunked_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     if chunk_tokens < 0:
         raise ValueError(f"chunk_tokens must be >= 0 (0 = auto), got {chunk_tokens}")
     if hasattr(weight, "ds_id"):  # ZeRO-3: .data is an empty shell outside a gather
-        from deepspeed.runtime.zero.partition_parameters import GatheredParameters, ZeroParamStatus
+        import deepspeed  # its public ``deepspeed.zero`` namespace
+
+        GatheredParameters, ZeroParamStatus = deepspeed.zero.GatheredParameters, deepspeed.zero.ZeroParamStatus
 
         if weight.ds_status == ZeroParamStatus.INFLIGHT:
             raise RuntimeError(f"chunked_ce_sum: the ZeRO-3 weight (ds_id {weight.ds_id}) is still being "
@@ -232,7 +234,9 @@ def _gathered_while_accumulating(accumulate: torch.autograd.graph.Node, weight: 
     partitioned right after (DeepSpeed's reduce hook runs in between). When
     DeepSpeed already holds it there (a tied embedding), nothing is done.
     """
-    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+    import deepspeed
+
+    ZeroParamStatus = deepspeed.zero.ZeroParamStatus
 
     by_us = {"gathered": False}
 

@@ -85,7 +85,7 @@ def activations(shape: Shape, tokens: int, checkpointing: bool, loss: str = "sta
 
 
 def rows(shape: Shape, nodes: int, gpus_per_node: int, tokens: int, loss: str = "standard") -> list[Row]:
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from medtune.engine.ds_compat import zero3_model_states_mem_needs
 
     n = nodes * gpus_per_node
     p = shape.params
@@ -95,9 +95,8 @@ def rows(shape: Shape, nodes: int, gpus_per_node: int, tokens: int, loss: str = 
             ("no offload + act. ckpt", False, False, True),
             ("offload optimizer + act. ckpt", True, False, True),
             ("offload optimizer+params + act. ckpt", True, True, True)):
-        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
-            p, shape.largest_layer, gpus_per_node, nodes, cpu_offload=offload_opt,
-            cpu_offload_params=offload_params, zero_init=True)
+        cpu, gpu = zero3_model_states_mem_needs(p, shape.largest_layer, gpus_per_node, nodes,
+                                                cpu_offload=offload_opt, cpu_offload_params=offload_params)
         params = 0 if offload_params else 2 * p / n
         grads = 0 if offload_opt else 4 * p / n
         optim = 0 if offload_opt else 12 * p / n

@@ -15,7 +15,8 @@ from medtune.data.packing import plan_epoch
 from medtune.data.prepare import prepare
 from medtune.data.tokenize import IGNORE
 from medtune.engine import model as engine_model
-from medtune.engine.trainer import PackedData, total_steps
+from medtune.data.packed import PackedData
+from medtune.engine.trainer import total_steps
 from medtune.models.flops import FlopModel
 from medtune.kernels.loss import token_ce_sum
 from tests.conftest import RECIPES

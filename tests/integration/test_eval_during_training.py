@@ -31,7 +31,7 @@ import torch
 
 from medtune import config
 from medtune.engine.checkpoint import BEST, MARKER, latest
-from medtune.engine.evaluate import HOLD_EVAL_ENV
+from tests import hooks
 from tests.conftest import RECIPES
 from tests.integration.helpers import (assert_same_run, load_weights, medtune, metrics, train_losses,
                                        write_recipe)
@@ -138,7 +138,7 @@ def test_sigkill_during_an_evaluation_then_resume_is_bit_identical(run_on, recip
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "medtune.cli", "train", str(recipes["on"]), "--run-dir", str(killed)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, HOLD_EVAL_ENV: "8"})
+                            start_new_session=True, env={**os.environ, **hooks.env(hold_eval_at=8)})
     held, end = killed / ".eval-held", time.time() + 300
     while not held.exists():
         assert time.time() < end and proc.poll() is None, proc.stdout.read()[-4000:] if proc.poll() else "timeout"

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from medtune.base import exitcodes
-from medtune.engine.checkpoint import FAIL_SAVE_ENV, HOLD_SAVE_ENV, MARKER, latest
-from medtune.engine.trainer import NAN_ENV
+from medtune.engine.checkpoint import MARKER, latest
+from tests import hooks
 from tests.conftest import RECIPES, REPO
 from tests.integration.helpers import (assert_same_run, load_weights, medtune, metrics, save_tiny_model,
                                        write_recipe)
@@ -101,7 +101,7 @@ def test_signal_checkpoints_the_current_step_and_exits_75(recipe, baseline, tmp_
 
 def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(recipe, baseline, tmp_path):
     run = tmp_path / "run"
-    proc = start(recipe, run, env={HOLD_SAVE_ENV: str(2 * SAVE_EVERY)})
+    proc = start(recipe, run, env=hooks.env(hold_save_at=2 * SAVE_EVERY))
     held = run / "checkpoints" / f"step-{2 * SAVE_EVERY:08d}" / ".held"
     end = time.time() + 300
     while not held.exists():
@@ -126,7 +126,7 @@ def _one_line(text: str, needle: str) -> str:
 def test_failed_checkpoint_write_on_one_rank_stops_every_rank_with_one_line(recipe, tmp_path):
     # rank 1 alone fails (RuntimeError, as torch.save on a full disk): rank 0 must not wait for it
     run = tmp_path / "run"
-    proc = start(recipe, run, env={FAIL_SAVE_ENV: str(2 * SAVE_EVERY)})
+    proc = start(recipe, run, env=hooks.env(fail_save_at=2 * SAVE_EVERY))
     try:
         out, _ = proc.communicate(timeout=400)
     finally:
@@ -282,7 +282,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
         "launch": {"procs": 2}, "logging": {"progress": False},
     })
     run = tmp_path / "run"
-    out = medtune("train", str(recipe), "--run-dir", str(run), env_extra={NAN_ENV: "1,2,3,4"},
+    out = medtune("train", str(recipe), "--run-dir", str(run), env_extra=hooks.env(nan_at=[1, 2, 3, 4]),
                   check=False)
     assert out.returncode == exitcodes.BAD_LOSS, out.stderr[-3000:]
     assert "stopping: 3 non-finite steps in a row" in out.stdout  # what the ranks printed
