@@ -1,4 +1,4 @@
-"""Crash-proof DeepSpeed checkpoints plus the trainer's own state, and resuming from them.
+"""Crash-proof DeepSpeed checkpoints plus the trainer's own state: the I/O of saving and loading.
 
 Layout of ``RUN_DIR/checkpoints``::
 
@@ -13,7 +13,10 @@ and ``RUN_DIR/finished.json`` once a run trained to its end (and exported).
 
 A checkpoint counts only with ``COMPLETE``: a kill or a failed write during a
 save leaves the previous checkpoint the newest one. Nothing is pickled by
-medtune: state is JSON and tensors are safetensors.
+medtune: state is JSON and tensors are safetensors. Which checkpoint a run
+resumes from, and whether it may, is `medtune.engine.resume`'s policy; this
+module imports torch only inside the functions that move tensors, so the
+launcher's preflight reads checkpoints without it.
 """
 from __future__ import annotations
 
@@ -27,9 +30,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from medtune.base.errors import UserError
 from medtune.base.fsutil import locked, write_atomic
@@ -223,6 +223,8 @@ def _test_hooks(step: int, out: Path, rank: int) -> None:
 
 
 def _save_rng(folder: Path, rank: int) -> None:
+    import numpy as np
+    import torch
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -237,7 +239,7 @@ def _save_rng(folder: Path, rank: int) -> None:
     write_atomic(folder / f"rank-{rank:05d}.json", json.dumps(extra))
 
 
-# ---------------------------------------------------------------- resuming
+# ---------------------------------------------------------------- reading and loading
 
 def latest(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run, or None."""
@@ -268,79 +270,6 @@ def mark_finished(run_dir: Path, ckpt: Path, step: int, export: Path | None) -> 
 
 def read_state(ckpt: Path) -> TrainerState:
     return TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))
-
-
-def resolve(run_dir: Path, resume: str) -> Path | None:
-    """The checkpoint to resume from for ``--resume auto|none|PATH``."""
-    if resume == "auto":
-        return latest(run_dir)
-    if resume == "none":
-        found = latest(run_dir)
-        if found is not None:
-            raise ResumeError(f"--resume none: {run_dir} already holds checkpoint {found.name}, which a "
-                              "fresh run would overwrite; use a new --run-dir or --resume auto")
-        return None
-    path = Path(resume)
-    if (path / MARKER).is_file():
-        return path
-    found = latest(path)
-    if found is None:
-        raise ResumeError(f"--resume {path}: not a complete checkpoint (no {MARKER}) nor a run "
-                          "directory holding one")
-    return found
-
-
-def training_fields(recipe) -> dict[str, Any]:
-    """The recipe fields that change what a run computes, as dotted keys.
-
-    Left out: how often to save or log, where to cache, how to launch, ZeRO's
-    communication tuning and the compute kernels (none of which changes the
-    math beyond rounding); changing any other field under a resumed run is refused.
-    """
-    from medtune.config import to_dict
-
-    skip = {"name", "launch", "logging", "zero", "data.cache_dir", "train.save_every",
-            "train.keep_last", "train.export", "train.max_bad_steps", "kernels",
-            "model.gradient_checkpointing"}
-    out: dict[str, Any] = {}
-
-    def walk(node, prefix):
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        for k, v in items:
-            key = f"{prefix}{k}"
-            if key in skip:
-                continue
-            if isinstance(v, (dict, list)) and v and key != "model.config":
-                walk(v, key + ".")
-            else:
-                out[key] = v
-    walk(to_dict(recipe), "")
-    return json.loads(json.dumps(out))  # the form it takes after a JSON round trip
-
-
-def check_unchanged(state: TrainerState, recipe_fields: dict[str, Any], data_fingerprint: str,
-                    ckpt: Path) -> None:
-    """Refuse to resume a run whose training-relevant recipe or data changed.
-
-    Only keys the checkpoint knows are compared: a field added to the schema
-    since (at its default) does not make an old checkpoint unusable.
-    """
-    changes = [f"{k}: {v!r} -> {recipe_fields.get(k, '(absent)')!r}"
-               for k, v in sorted(state.recipe.items()) if recipe_fields.get(k, "(absent)") != v]
-    if state.data_fingerprint and state.data_fingerprint != data_fingerprint:
-        changes.append(f"prepared data: {state.data_fingerprint} -> {data_fingerprint}")
-    if changes:
-        raise ResumeError(f"refusing to resume from {ckpt}: the recipe changed ({'; '.join(changes)}); "
-                          "restore it, start a new --run-dir, or pass --allow-changed")
-
-
-def elastic_accum(packs_per_step: int, world: int, ckpt: Path) -> int:
-    """Accumulation steps that keep the checkpoint's global batch on `world` ranks."""
-    if packs_per_step % world:
-        raise ResumeError(f"cannot resume {ckpt} on {world} ranks: its optimizer steps hold "
-                          f"{packs_per_step} packs, which {world} ranks cannot share evenly; "
-                          f"use a number of ranks that divides {packs_per_step}")
-    return packs_per_step // world
 
 
 def to_universal(ckpt: Path) -> Path:
@@ -395,6 +324,8 @@ def _unshare_adam_steps(zero_optimizer) -> None:
     per extra group and the resumed run drifted (loss off by 1e-3 after 3
     steps, measured against an uninterrupted run).
     """
+    import torch
+
     for flat in getattr(zero_optimizer, "fp32_partitioned_groups_flat", []):
         state = zero_optimizer.optimizer.state.get(flat)
         if state and torch.is_tensor(state.get("step")):
@@ -403,6 +334,8 @@ def _unshare_adam_steps(zero_optimizer) -> None:
 
 def _load_rng(folder: Path, rank: int) -> None:
     """Restore this rank's RNGs; a rank the checkpoint did not have keeps its fresh seed."""
+    import numpy as np
+    import torch
     from safetensors.torch import load_file
 
     f = folder / f"rank-{rank:05d}.safetensors"
