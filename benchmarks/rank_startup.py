@@ -60,9 +60,11 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--label", default=str(REPO))
+    p.add_argument("--no-warm-up", action="store_true", help="the data cache is warm already")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        one(Path(tmp) / "warm")  # the data cache and tokenizer: built once, not timed
+        if not args.no_warm_up:
+            one(Path(tmp) / "warm")  # the data cache and tokenizer: built once, not timed
         got = [one(Path(tmp) / f"run{i}") for i in range(args.repeat)]
     for i, (start, total) in enumerate(got):
         print(f"{args.label}: run {i}: rank start-up to step 1 {start:.2f} s, whole command {total:.2f} s")
