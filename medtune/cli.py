@@ -215,54 +215,31 @@ def _run_overrides(args) -> list[str]:
     return out
 
 
-def _check_zero(args, recipe: config.Recipe, world: int, has_gpu: bool | None) -> None:
-    """``zero.hierarchy``, ``zero.quantized_*`` and ``zero.deepspeed_config`` before any rank starts
-    (every rank checks again)."""
-    from medtune.engine import hierarchy
-    from medtune.engine import zero
-
+def _where(args):
+    """Which file set a dotted key: the command line for an override, else the recipe."""
     overridden = {o.split("=", 1)[0] for o in args.overrides}
-    found = hierarchy.problems(recipe, lambda key: config.COMMAND_LINE if key in overridden else args.recipe,
-                          world, has_gpu)
-    where = config.COMMAND_LINE if "zero.deepspeed_config" in overridden else args.recipe
-    try:
-        found += [f"{where}: zero.deepspeed_config: {recipe.zero.deepspeed_config}: {zero.describe(key, msg)}"
-                  for key, msg in zero.user_config_problems(recipe, world)]
-    except config.RecipeError as err:
-        found += [f"{where}: zero.deepspeed_config: {line}" for line in err.problems]
-    if found:
-        raise config.RecipeError(found)
+    return lambda key: config.COMMAND_LINE if key in overridden else args.recipe
+
+
+def _check_zero(args, recipe: config.Recipe, world: int, has_gpu: bool | None) -> None:
+    """``zero.hierarchy``, ``zero.quantized_*`` and ``zero.deepspeed_config`` before any rank starts."""
+    from medtune.engine.preflight import validate_zero
+
+    validate_zero(recipe, _where(args), world, has_gpu)
 
 
 def _check_locations(args, recipe: config.Recipe, weights: bool = True) -> None:
     """A hub model or tokenizer that is neither cached nor reachable, before any work (`medtune.models.locations`)."""
-    from medtune.models import locations
+    from medtune.engine.preflight import check_locations
 
-    overridden = {o.split("=", 1)[0] for o in args.overrides}
-    found = [f"{config.COMMAND_LINE if key in overridden else args.recipe}: {key}: {msg}"
-             for key, msg in locations.problems(recipe, weights)]
-    if found:
-        raise config.RecipeError(found)
+    check_locations(recipe, _where(args), weights)
 
 
 def _check_kernels(args, recipe: config.Recipe) -> None:
     """Kernels that cannot honour the model (window, soft-cap, sinks, a logit transform), before any rank."""
-    k = recipe.kernels
-    if k.attention == "auto" and k.loss == "standard":
-        return
-    from medtune.models.configs import hf_config
-    from medtune.kernels.attention import model_features, refusal
-    from medtune.kernels.loss import chunked_refusal
+    from medtune.engine.preflight import check_kernels
 
-    try:
-        cfg = hf_config(recipe.model)
-    except OSError:  # not reachable from here (a login node without the hub): every rank checks again
-        return
-    for key, refused in (("attention", k.attention != "auto" and refusal(k.attention, model_features(cfg))),
-                         ("loss", k.loss == "chunked" and chunked_refusal(cfg))):
-        if refused:
-            overridden = any(o.startswith(f"kernels.{key}=") for o in args.overrides)
-            raise config.RecipeError([f"{config.COMMAND_LINE if overridden else args.recipe}: {refused}"])
+    check_kernels(recipe, _where(args))
 
 
 def _local_gpu(recipe: config.Recipe) -> bool | None:
@@ -337,11 +314,9 @@ def _train(args) -> int:
     from medtune.launcher.deepspeed import free_port, local_plan
 
     recipe = _load(args)
-    _check_zero(args, recipe, recipe.launch.procs, _local_gpu(recipe))
-    _check_locations(args, recipe)
-    _check_kernels(args, recipe)
     run_dir = _run_dir(args, recipe)
-    if not _ready_to_start(args, recipe, run_dir, world=recipe.launch.procs):
+    if not _ready_to_start(args, recipe, run_dir, world=recipe.launch.procs, checked=False,
+                           has_gpu=_local_gpu(recipe)):
         return exitcodes.OK
     plan = local_plan(recipe.launch.procs, run_dir / "recipe.yaml", run_dir,
                       recipe.launch.master_port or free_port(), extra=_resume_argv(args))
@@ -460,35 +435,21 @@ def _resume_argv(args) -> tuple[str, ...]:
     return ("--resume", args.resume) + (("--allow-changed",) if args.allow_changed else ())
 
 
-def _ready_to_start(args, recipe: config.Recipe, run_dir: Path, world: int) -> bool:
-    """Everything that must happen once, in this process, before any rank starts.
+def _ready_to_start(args, recipe: config.Recipe, run_dir: Path, world: int, checked: bool = True,
+                    has_gpu: bool | None = None) -> bool:
+    """The launcher's preflight (`medtune.engine.preflight`): once, here, before any rank starts.
 
     Tokenizer training and tokenization (a bad recipe or bad data fails
     here, and no collective timeout can expire while ranks wait on them),
-    resume checks and a universal conversion for a new world size, and the
-    resolved recipe every rank reads. Returns False (ranks need not start)
-    when ``--resume auto`` finds the run in `run_dir` finished with this very
-    recipe: it says so instead of training again.
+    resume checks and a universal conversion for a new world size, the
+    resolved recipe and the run plan every rank reads. Returns False (ranks
+    need not start) when ``--resume auto`` finds the run in `run_dir`
+    finished with this very recipe: it says so instead of training again.
     """
-    from medtune.data.prepare import prepare
-    from medtune.engine.checkpoint import finished
-    from medtune.engine.main import data_digest, plan_resume
+    from medtune.engine.preflight import preflight
 
-    prepared = prepare(recipe, args.recipe)
-    done = finished(run_dir) if args.resume == "auto" and not args.allow_changed else None
-    # a changed recipe is refused (naming the keys) before a finished run is reported
-    plan_resume(recipe, run_dir, args.resume, args.allow_changed, data_digest(prepared), world,
-                say=(lambda m: None) if done else (lambda m: print(f"[medtune] {m}", file=sys.stderr)))
-    if done is not None:
-        export = f", export {done['export']}" if done.get("export") else ""
-        print(f"[medtune] {run_dir} is complete: trained to step {done['step']} "
-              f"(checkpoint {done['checkpoint']}{export}); nothing to do. To train again, give "
-              "another --run-dir; to train on with a changed recipe, pass --allow-changed",
-              file=sys.stderr)
-        return False
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.dump(recipe, run_dir / "recipe.yaml")
-    return True
+    return preflight(recipe, args.recipe, run_dir, world, args.resume, args.allow_changed,
+                     has_gpu=has_gpu, where=_where(args), checked=checked) is not None
 
 
 def _run(plan, args, run_dir: Path, first_rank: int = 0) -> int:

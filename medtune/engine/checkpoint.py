@@ -1,4 +1,4 @@
-"""Crash-proof DeepSpeed checkpoints plus the trainer's own state, and resuming from them.
+"""Crash-proof DeepSpeed checkpoints plus the trainer's own state: the I/O of saving and loading.
 
 Layout of ``RUN_DIR/checkpoints``::
 
@@ -16,7 +16,10 @@ and ``RUN_DIR/finished.json`` once a run trained to its end (and exported).
 
 A checkpoint counts only with ``COMPLETE``: a kill or a failed write during a
 save leaves the previous checkpoint the newest one. Nothing is pickled by
-medtune: state is JSON and tensors are safetensors.
+medtune: state is JSON and tensors are safetensors. Which checkpoint a run
+resumes from, and whether it may, is `medtune.engine.resume`'s policy; this
+module imports torch only inside the functions that move tensors, so the
+launcher's preflight reads checkpoints without it.
 """
 from __future__ import annotations
 
@@ -30,9 +33,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from medtune.base.errors import UserError
 from medtune.base.fsutil import locked, write_atomic
@@ -209,6 +209,8 @@ def prune(root: Path, keep_last: int | None) -> list[Path]:
 
 
 def _save_rng(folder: Path, rank: int) -> None:
+    import numpy as np
+    import torch
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -223,7 +225,7 @@ def _save_rng(folder: Path, rank: int) -> None:
     write_atomic(folder / f"rank-{rank:05d}.json", json.dumps(extra))
 
 
-# ---------------------------------------------------------------- resuming
+# ---------------------------------------------------------------- reading and loading
 
 def latest(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run, or None."""
@@ -291,83 +293,6 @@ def read_state(ckpt: Path) -> TrainerState:
     return TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))
 
 
-def resolve(run_dir: Path, resume: str) -> Path | None:
-    """The checkpoint to resume from for ``--resume auto|none|PATH``."""
-    if resume == "auto":
-        return latest(run_dir)
-    if resume == "none":
-        found = latest(run_dir)
-        if found is not None:
-            raise ResumeError(f"--resume none: {run_dir} already holds checkpoint {found.name}, which a "
-                              "fresh run would overwrite; use a new --run-dir or --resume auto")
-        return None
-    path = Path(resume)
-    if (path / MARKER).is_file():
-        return path
-    found = latest(path)
-    if found is None:
-        raise ResumeError(f"--resume {path}: not a complete checkpoint (no {MARKER}) nor a run "
-                          "directory holding one")
-    return found
-
-
-def training_fields(recipe) -> dict[str, Any]:
-    """The recipe fields that change what a run computes, as dotted keys (list items by index).
-
-    Which fields count is marked in the schema (`medtune.config.resume_fields`,
-    kind ``refuse``): left out are how often to save or log, where to cache,
-    how to launch, ZeRO's communication tuning and the compute kernels (none of
-    which changes the math beyond rounding); changing any other field under a
-    resumed run is refused; evaluation (``data.validation``, ``train.eval_*``,
-    ``train.best_*``) is left out too, its effect on the training data being in the data
-    fingerprint. A mapping the schema does not describe field by
-    field (``model.config``) is one value.
-    """
-    from medtune.config import resume_fields, to_dict
-
-    kinds = resume_fields(type(recipe))
-    out: dict[str, Any] = {}
-
-    def walk(node, prefix, schema_prefix):
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        for k, v in items:
-            key, schema_key = f"{prefix}{k}", f"{schema_prefix}{'*' if isinstance(k, int) else k}"
-            if kinds.get(schema_key, kinds.get(schema_prefix.rstrip("."), "refuse")) == "free":
-                continue
-            described = any(s.startswith(schema_key + ".") for s in kinds)
-            if v and (isinstance(v, list) or (isinstance(v, dict) and described)):
-                walk(v, key + ".", schema_key + ".")
-            else:
-                out[key] = v
-    walk(to_dict(recipe), "", "")
-    return json.loads(json.dumps(out))  # the form it takes after a JSON round trip
-
-
-def check_unchanged(state: TrainerState, recipe_fields: dict[str, Any], data_fingerprint: str,
-                    ckpt: Path) -> None:
-    """Refuse to resume a run whose training-relevant recipe or data changed.
-
-    Only keys the checkpoint knows are compared: a field added to the schema
-    since (at its default) does not make an old checkpoint unusable.
-    """
-    changes = [f"{k}: {v!r} -> {recipe_fields.get(k, '(absent)')!r}"
-               for k, v in sorted(state.recipe.items()) if recipe_fields.get(k, "(absent)") != v]
-    if state.data_fingerprint and state.data_fingerprint != data_fingerprint:
-        changes.append(f"prepared data: {state.data_fingerprint} -> {data_fingerprint}")
-    if changes:
-        raise ResumeError(f"refusing to resume from {ckpt}: the recipe changed ({'; '.join(changes)}); "
-                          "restore it, start a new --run-dir, or pass --allow-changed")
-
-
-def elastic_accum(packs_per_step: int, world: int, ckpt: Path) -> int:
-    """Accumulation steps that keep the checkpoint's global batch on `world` ranks."""
-    if packs_per_step % world:
-        raise ResumeError(f"cannot resume {ckpt} on {world} ranks: its optimizer steps hold "
-                          f"{packs_per_step} packs, which {world} ranks cannot share evenly; "
-                          f"use a number of ranks that divides {packs_per_step}")
-    return packs_per_step // world
-
-
 def to_universal(ckpt: Path) -> Path:
     """DeepSpeed's universal form of `ckpt` (made once, atomically), loadable on any world size."""
     out = ckpt.parent / "universal" / ckpt.name
@@ -407,6 +332,8 @@ def load(engine, ckpt: Path, universal: Path | None, rank: int) -> TrainerState:
 
 def _load_rng(folder: Path, rank: int) -> None:
     """Restore this rank's RNGs; a rank the checkpoint did not have keeps its fresh seed."""
+    import numpy as np
+    import torch
     from safetensors.torch import load_file
 
     f = folder / f"rank-{rank:05d}.safetensors"

@@ -12,6 +12,7 @@ from typing import Callable
 from medtune import config
 from medtune.engine import hierarchy
 from medtune.base import exitcodes
+from medtune.base.errors import UserError
 from medtune.base.ranks import RankEnv, discover
 
 
@@ -25,11 +26,19 @@ class Rank:
     say: Callable[[str], None]
     stop: dict                 # {"signum": N}: set by SIGTERM/SIGUSR1 (see `_stop_on`)
     on_gpu: bool
-    zplan: object              # hierarchy.ZeroPlan
-    prepared: object           # data.prepare.Prepared
-    start: Path | None         # the checkpoint to resume from, or None (fresh)
-    state: object              # checkpoint.TrainerState to start with
-    universal: Path | None     # its universal form when the world size changed
+    plan: object               # preflight.RunPlan: ZeRO plan, data, resume decision, batch shape
+    dataset: object            # datasets.Dataset: the prepared data the plan names
+    validation: object = None  # datasets.Dataset of data.validation, or None
+
+    @property
+    def start(self) -> Path | None:
+        """The checkpoint to resume from, or None (fresh)."""
+        return Path(self.plan.start) if self.plan.start else None
+
+    @property
+    def universal(self) -> Path | None:
+        """The checkpoint's universal form when the world size changed."""
+        return Path(self.plan.universal) if self.plan.universal else None
 
 
 @dataclass
@@ -40,13 +49,18 @@ class Training:
     state: object              # checkpoint.TrainerState (the checkpoint's, when resuming)
     kernels: object            # trainer.Kernels
     perf: object               # metrics.Throughput
-    validation: object = None  # trainer.PackedData of data.validation, or None
+    validation: object = None  # medtune.data.packed.PackedData of data.validation, or None
     tokenizer: object = None
 
 
 def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bool = False) -> int:
-    """Build, resume, train, export and always clean up, on one rank; the rank's exit code."""
-    r = _set_up(recipe_path, Path(run_dir), resume, allow_changed)
+    """Build, resume, train, export and always clean up, on one rank; the rank's exit code.
+
+    `resume` and `allow_changed` are the launcher's: its preflight decided the
+    resume (``RUN_DIR/run_plan.json``), the ranks only follow the plan.
+    """
+    del resume, allow_changed
+    r = _set_up(recipe_path, Path(run_dir))
     import deepspeed.comm as dist
 
     _init_distributed(r)
@@ -67,10 +81,14 @@ def main(recipe_path: str, run_dir: str, resume: str = "auto", allow_changed: bo
         dist.destroy_process_group()
 
 
-def _set_up(recipe_path: str, run: Path, resume: str, allow_changed: bool) -> Rank:
-    """This rank's environment, ZeRO choices, data and resume plan: all before the process group."""
-    recipe = config.load(recipe_path)
+def _set_up(recipe_path: str, run: Path) -> Rank:
+    """This rank's environment and the launcher's run plan (`medtune.engine.preflight`): no decision
+    is taken again here, no recipe cross-check, data preparation or resume planning."""
+    from medtune.engine import preflight
+
     me = discover()
+    plan = preflight.read(run, recipe_path, me.world)
+    recipe = preflight.recipe_of(plan)
     os.environ.update(me.export())
     threads = recipe.launch.threads_per_proc or max(1, (os.cpu_count() or 1) // me.local_world)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -78,26 +96,23 @@ def _set_up(recipe_path: str, run: Path, resume: str, allow_changed: bool) -> Ra
 
     import torch
 
-    if not torch.cuda.is_available():
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     torch.set_num_threads(threads)
     say = _say(me.rank)
-    # zero.hierarchy / zero.quantized_* for this world and device, refused before any work
-    zplan = hierarchy.resolve(recipe, me.world, torch.cuda.is_available(), where=recipe_path)
+    say(f"run plan: {run / preflight.PLAN}")
+    zplan = plan.zero_plan()
+    if not on_gpu and (zplan.quantized_weights or zplan.quantized_gradients):  # a fact of this node
+        raise UserError(f"{recipe_path}: zero.quantized_weights/zero.quantized_gradients run only on "
+                        "CUDA GPUs and this node has none")
     say(zplan.describe())
-
-    from medtune.data.prepare import prepare
-    from medtune.engine import checkpoint
-
-    # Everything that may take long happens before the process group exists,
-    # so no collective timeout can expire while ranks wait for it.
-    prepared = prepare(recipe, recipe_path, log=say)
-    start, state, universal = plan_resume(recipe, run, resume, allow_changed, data_digest(prepared),
-                                          me.world, say)
+    dataset, validation = preflight.open_data(plan)
     if me.rank == 0:  # this run trains on: no longer finished until it ends again
+        from medtune.engine import checkpoint
+
         (run / checkpoint.FINISHED).unlink(missing_ok=True)
-    return Rank(recipe, recipe_path, run, me, say, stop, torch.cuda.is_available(), zplan, prepared,
-                start, state, universal)
+    return Rank(recipe, recipe_path, run, me, say, stop, on_gpu, plan, dataset, validation)
 
 
 def _init_distributed(r: Rank) -> None:
@@ -129,6 +144,7 @@ def build(r: Rank) -> Training:
     import torch
     from transformers import set_seed
 
+    from medtune.data.packed import PackedData
     from medtune.data.tokenize import stop_token_ids
     from medtune.data.tokenizer import add_tokens, load_base
     from medtune.engine import checkpoint, model, trainer, zero
@@ -136,7 +152,8 @@ def build(r: Rank) -> Training:
     from medtune.engine.metrics import Throughput
     from medtune.models.flops import FlopModel, peak_tflops
 
-    recipe, me, on_gpu, say, state = r.recipe, r.me, r.on_gpu, r.say, r.state
+    recipe, me, on_gpu, say, plan = r.recipe, r.me, r.on_gpu, r.say, r.plan
+    state = plan.trainer_state()
     set_seed(recipe.train.seed)
     tokenizer = load_base(recipe)
     added = add_tokens(tokenizer, recipe.model)
@@ -153,8 +170,8 @@ def build(r: Rank) -> Training:
             f"{hf_cfg.vocab_size} to {vocab_rows} rows, new rows the mean of the old")
         hf_cfg.get_text_config().vocab_size = vocab_rows  # what the FLOP count and kernels see
     ds_cfg = zero.build_config(recipe, me.world, hf_cfg.hidden_size, bf16,
-                               grad_accum=state.packs_per_step // me.world,
-                               load_universal=r.universal is not None, hpz=r.zplan.hpz)
+                               grad_accum=plan.grad_accum, load_universal=r.universal is not None,
+                               hpz=plan.zero["hpz"])
     dtype = torch.bfloat16 if bf16 else torch.float32
     kernels = _kernels(recipe, torch.device("cuda" if on_gpu else "cpu"), dtype, configs.head_dim(hf_cfg),
                        hf_cfg)
@@ -166,33 +183,34 @@ def build(r: Rank) -> Training:
                       vocab_rows)
     if me.rank == 0:
         _write_run_files(r.run, ds_cfg, net, tokenizer, stop_ids)
-        hierarchy.write_plan(r.run, r.zplan)
+        hierarchy.write_plan(r.run, plan.zero_plan())
     try:
         flop_model = FlopModel.from_model(hf_cfg)
     except ValueError as err:  # a model whose FLOPs medtune cannot count: said, not guessed
         flop_model = None
         say(f"FLOPs: {err}")
-    data = trainer.PackedData.build(r.prepared.dataset, recipe.data.max_tokens,
+    data = PackedData.build(r.dataset, recipe.data.max_tokens,
                                     tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                                     else tokenizer.eos_token_id, flop_model)
     optimizer = torch.optim.AdamW(model.param_groups(net, recipe.train.weight_decay),
                                   lr=recipe.train.lr, betas=recipe.train.adam_betas,
                                   eps=recipe.train.adam_eps, fused=on_gpu or None)
-    steps = trainer.total_steps(recipe, data, state.packs_per_step)
+    steps = trainer.total_steps(recipe, data, plan.global_batch)
     engine, *_ = deepspeed.initialize(model=net, optimizer=optimizer, config=ds_cfg,
                                       lr_scheduler=_scheduler(recipe, steps))
     if r.start is not None:
         fresh = state
         state = checkpoint.load(engine, r.start, r.universal, me.rank)
         state.world, state.recipe, state.data_fingerprint = me.world, fresh.recipe, fresh.data_fingerprint
+        state.packs_per_step = plan.global_batch  # the checkpoint's, kept by the plan
     if recipe.logging.comm_log:
         from medtune.engine.comm_log import record_steps
 
         record_steps(engine, r.run, me.rank, state.global_step)
     perf = Throughput(me.world, None if flop_model is None else recipe.logging.peak_tflops
                       or (peak_tflops(torch.cuda.get_device_name()) if on_gpu else None))
-    validation = None if r.prepared.validation is None else trainer.PackedData.build(
-        r.prepared.validation, recipe.data.max_tokens, data.pad_id)
+    validation = None if r.validation is None else PackedData.build(r.validation, recipe.data.max_tokens,
+                                                                      data.pad_id)
     return Training(engine, data, state, kernels, perf, validation, tokenizer)
 
 
@@ -282,45 +300,6 @@ def _probe_isolation(hf_cfg, attention, device, dtype, say) -> None:
     result = check(hf_cfg, attention.backend, attention.implementation, inputs_for, device, dtype)
     say(f"attention probe: {attention.backend} keeps packed samples apart "
         f"(relative logit difference {result.max_difference:.1e}, {result.family} family)")
-
-
-def data_digest(prepared) -> str:
-    """What identifies the data a run reads: its tokens (not how they were cached) and the packing."""
-    from medtune.data.packing import VERSION
-
-    return f"{prepared.stats.get('content_digest', prepared.fingerprint)}+packing{VERSION}"
-
-
-def plan_resume(recipe, run: Path, resume: str, allow_changed: bool, data_fingerprint: str,
-                world: int, say):
-    """Which checkpoint to start from, the state to start with, and its universal form if needed.
-
-    Raises `ResumeError` (before any process group exists) when the recipe
-    changed, the checkpoint cannot be shared by `world` ranks, or ``none``
-    would overwrite existing checkpoints.
-    """
-    from medtune.engine import checkpoint
-
-    fields = checkpoint.training_fields(recipe)
-    fresh = checkpoint.TrainerState(world=world, packs_per_step=world * recipe.train.grad_accum,
-                                    recipe=fields, data_fingerprint=data_fingerprint)
-    start = checkpoint.resolve(run, resume)
-    if start is None:
-        say(f"starting fresh in {run}")
-        return None, fresh, None
-    saved = checkpoint.read_state(start)
-    if not allow_changed:
-        checkpoint.check_unchanged(saved, fields, data_fingerprint, start)
-    fresh.packs_per_step = saved.packs_per_step
-    checkpoint.elastic_accum(saved.packs_per_step, world, start)
-    universal = None
-    if saved.world != world:
-        say(f"resuming {start} (written by {saved.world} ranks) on {world} ranks through a "
-            "universal checkpoint")
-        universal = checkpoint.to_universal(start)
-    say(f"resuming from {start} at step {saved.global_step} (epoch {saved.epoch}, "
-        f"{saved.consumed_samples} samples consumed)")
-    return start, fresh, universal
 
 
 def _stop_on(signals) -> dict:

@@ -92,7 +92,12 @@ def test_slurm_preemption_checkpoints_requeues_and_resumes_identically(slurm_clu
 
 def test_mpirun_discovers_ranks_from_the_mpi_environment(openmpi, recipe, baseline, tmp_path):
     run = tmp_path / "run"
-    cmd = openmpi.command(2, sys.executable, "-m", "medtune.engine.main", "--recipe", str(recipe),
+    # MPI's first process plans the run once (the command a Slurm or MPI job's first step runs)
+    planned = subprocess.run([sys.executable, "-m", "medtune.engine.preflight", "--recipe", str(recipe),
+                              "--run-dir", str(run), "--world", "2"], capture_output=True, text=True,
+                             timeout=600)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    cmd = openmpi.command(2, sys.executable, "-m", "medtune.engine.main", "--recipe", str(run / "recipe.yaml"),
                           "--run-dir", str(run))
     done = subprocess.run(cmd, env=openmpi.environ(MASTER_PORT=str(free_port())), capture_output=True,
                           text=True, timeout=600)

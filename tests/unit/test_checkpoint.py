@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from medtune import config
-from medtune.engine.checkpoint import (MARKER, ResumeError, TrainerState, _recorded, check_unchanged,
-                                       elastic_accum, finished, latest, mark_finished, prune, resolve,
-                                       training_fields)
+from medtune.engine.checkpoint import (MARKER, ResumeError, TrainerState, _recorded, finished, latest,
+                                       mark_finished, prune)
+from medtune.engine.resume import check_unchanged, elastic_accum, resolve, training_fields
 from tests.conftest import RECIPES
 
 
@@ -44,6 +44,8 @@ def test_resume_none_refuses_to_overwrite(tmp_path):
     with pytest.raises(ResumeError, match="would overwrite"):
         resolve(tmp_path, "none")
     assert resolve(tmp_path / "empty", "none") is None
+    with pytest.raises(ResumeError, match="--resume never: .* would overwrite"):  # the preflight's word
+        resolve(tmp_path, "never")
 
 
 def test_resume_path_must_be_complete(tmp_path):

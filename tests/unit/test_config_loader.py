@@ -9,7 +9,7 @@ import yaml
 
 from medtune import config
 from medtune.base.errors import RecipeError
-from medtune.engine.checkpoint import training_fields
+from medtune.engine.resume import training_fields
 from medtune.evaluation import sets
 from tests.conftest import RECIPES
 
