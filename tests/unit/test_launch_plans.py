@@ -402,3 +402,12 @@ def test_failed_rank_without_a_failure(tmp_path):
     log.write_text(TWO_RANKS_LOG.rsplit("\n", 2)[0] + "\n")
     assert failed_rank(log) is None
     assert failed_rank(tmp_path / "absent.log") is None and failed_rank(None) is None
+
+
+def test_a_bad_slurm_value_writes_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = cli.main(["slurm", str(RECIPES / "demo.yaml"), "--nodes", "1", "--gpus-per-node", "0",
+                     "--run-dir", str(run_dir), "--time", "forever", "--submit"])
+    err = capsys.readouterr().err
+    assert code == 2 and not run_dir.exists()
+    assert err == "medtune: error: --time 'forever': use Slurm's [D-]HH:MM:SS, MM:SS or minutes\n"
