@@ -154,7 +154,7 @@ def run_engine(cfg: dict, backend: str, batches, warmup: int, steps: int, device
                        ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:
-        from medtune.launcher.deepspeed import free_port
+        from medtune.launcher.run import free_port
 
         os.environ["MASTER_PORT"] = str(free_port())
     if device.type == "cpu":  # as medtune.engine.main does on CPU ranks

@@ -61,23 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     _resume_args(launch)
     _run_args(launch)
 
-    slurm = verbs.add_parser("slurm", help="write (and submit) a Slurm batch script for a recipe")
-    slurm.add_argument("recipe")
-    slurm.add_argument("overrides", nargs="*", metavar="key=value")
-    slurm.add_argument("--nodes", type=int, required=True)
-    slurm.add_argument("--gpus-per-node", type=int, required=True,
-                       help="GPUs (= ranks) per node; 0 for CPU ranks (launch.procs per node)")
-    slurm.add_argument("--partition")
-    slurm.add_argument("--time", help="time limit, e.g. 2-00:00:00")
-    slurm.add_argument("--account")
-    slurm.add_argument("--job-name", help="default: the recipe's name")
-    slurm.add_argument("--grace", type=int, default=120,
-                       help="seconds between Slurm's USR1 warning and the kill (default 120)")
-    slurm.add_argument("--run-dir", help="run directory on a file system every node sees "
-                                          "(default runs/<recipe name>)")
-    slurm.add_argument("--out", help="where to write the script (default RUN_DIR/job.sbatch)")
-    slurm.add_argument("--submit", action="store_true", help="submit it with sbatch and print the job id")
-    _run_args(slurm)
+    _slurm_parser(verbs)
 
     plan = verbs.add_parser("plan", help="per-GPU memory and communication of a recipe on N nodes of G GPUs")
     plan.add_argument("recipe")
@@ -120,6 +104,28 @@ def _inspect_parser(verbs) -> None:
     insp.add_argument("recipe")
     insp.add_argument("overrides", nargs="*", metavar="key=value")
     insp.add_argument("-n", type=int, default=2, metavar="N", help="samples shown per source (default 2)")
+
+
+def _slurm_parser(verbs) -> None:
+    slurm = verbs.add_parser("slurm", help="write (and submit) a Slurm batch script for a recipe")
+    slurm.add_argument("recipe")
+    slurm.add_argument("overrides", nargs="*", metavar="key=value")
+    slurm.add_argument("--nodes", type=int, required=True)
+    slurm.add_argument("--gpus-per-node", type=int, required=True,
+                       help="GPUs (= ranks) per node; 0 for CPU ranks (launch.procs per node)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--time", help="time limit, e.g. 2-00:00:00")
+    slurm.add_argument("--account")
+    slurm.add_argument("--job-name", help="default: the recipe's name")
+    slurm.add_argument("--grace", type=int, default=120,
+                       help="seconds between Slurm's USR1 warning and the kill (default 120)")
+    slurm.add_argument("--run-dir", help="run directory on a file system every node sees "
+                                          "(default runs/<recipe name>)")
+    slurm.add_argument("--out", help="where to write the script (default RUN_DIR/job.sbatch)")
+    slurm.add_argument("--submit", action="store_true", help="submit it with sbatch and print the job id")
+    slurm.add_argument("--dry-run", action="store_true",
+                       help="print the batch script and what would be written and submitted; write nothing")
+    _run_args(slurm)
 
 
 def _eval_parser(verbs) -> None:
@@ -311,53 +317,39 @@ def _stats_table(s: dict) -> str:
 
 
 def _train(args) -> int:
-    from medtune.launcher.deepspeed import free_port, local_plan
+    from medtune.launcher import run
 
     recipe = _load(args)
-    run_dir = _run_dir(args, recipe)
+    run_dir = run.run_directory(args.run_dir, recipe)
     if not _ready_to_start(args, recipe, run_dir, world=recipe.launch.procs, checked=False,
                            has_gpu=_local_gpu(recipe)):
         return exitcodes.OK
-    plan = local_plan(recipe.launch.procs, run_dir / "recipe.yaml", run_dir,
-                      recipe.launch.master_port or free_port(), extra=_resume_argv(args))
-    return _run(plan, args, run_dir)
+    return run.start(run.train_plan(recipe, run_dir, args.resume, args.allow_changed), run_dir)
 
 
 def _launch(args) -> int:
-    from medtune.launcher import hostfile
-    from medtune.launcher.deepspeed import cluster_plan, free_port
+    from medtune.launcher import run
+    from medtune.launcher.plan import describe
 
     recipe = _load(args)
-    hosts = hostfile.parse(args.hostfile)
-    hostfile.check_against(hosts, args.hostfile, recipe.launch.nodes, recipe.launch.procs)
+    run_dir = run.run_directory(args.run_dir, recipe)
+    plan, first_rank = run.hostfile_plan(recipe, args.hostfile, args.launcher, run_dir, dict(os.environ),
+                                         args.master_addr, args.master_port, args.node_rank,
+                                         args.resume, args.allow_changed)
     _check_zero(args, recipe, recipe.launch.nodes * recipe.launch.procs, None)
     _check_locations(args, recipe)
     _check_kernels(args, recipe)
-    if args.launcher == "no_ssh" and args.node_rank is None:
-        raise UserError("--launcher no_ssh needs --node-rank (0 on the first host, 1 on the next, ...)")
-    run_dir = _run_dir(args, recipe)
-    port = args.master_port or recipe.launch.master_port
-    if port is None and args.launcher == "no_ssh":
-        raise UserError("--launcher no_ssh needs --master-port: every node must name the same one")
-    master = args.master_addr or (hosts[0].address if args.launcher == "no_ssh" else None)
-    if not args.dry_run and not _ready_to_start(args, recipe, run_dir,
-                                                world=recipe.launch.nodes * recipe.launch.procs):
-        return exitcodes.OK
-    plan = cluster_plan(Path(args.hostfile).resolve(), args.launcher, run_dir / "recipe.yaml", run_dir,
-                        port or free_port(), dict(os.environ), master, args.node_rank,
-                        extra=_resume_argv(args))
     if args.dry_run:
-        print(plan.shell())
-        for path, text in plan.files.items():
-            print(f"# {path} (written at launch):")
-            print(text, end="")
+        print(describe(plan), end="")
         return exitcodes.OK
-    return _run(plan, args, run_dir, first_rank=(args.node_rank or 0) * recipe.launch.procs)
+    if not _ready_to_start(args, recipe, run_dir, world=recipe.launch.nodes * recipe.launch.procs):
+        return exitcodes.OK
+    return run.start(plan, run_dir, first_rank)
 
 
 def _slurm(args) -> int:
-    from medtune.launcher import slurm
-    from medtune.launcher.deepspeed import free_port
+    from medtune.launcher import run
+    from medtune.launcher.plan import describe, execute
 
     recipe = _load(args)
     procs = args.gpus_per_node or recipe.launch.procs
@@ -366,22 +358,13 @@ def _slurm(args) -> int:
                                        f"launch.procs={procs}"])
     _check_zero(args, recipe, args.nodes * procs, False if args.gpus_per_node == 0 else None)
     _check_kernels(args, recipe)
-    run_dir = _run_dir(args, recipe)
-    job = slurm.SlurmJob(job_name=args.job_name or recipe.name, nodes=args.nodes, procs_per_node=procs,
-                         gpus_per_node=args.gpus_per_node, recipe_file=run_dir / "recipe.yaml",
-                         run_dir=run_dir, master_port=recipe.launch.master_port or free_port(),
-                         partition=args.partition, time=args.time, account=args.account,
-                         tasks=recipe.launch.slurm_tasks, grace_seconds=args.grace)
-    script = slurm.render(job)
-    out = Path(args.out).resolve() if args.out else run_dir / "job.sbatch"
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)  # Slurm opens the job's output there
-    config.dump(recipe, run_dir / "recipe.yaml")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(script)
-    print(f"wrote {out}")
-    if args.submit:
-        print(f"submitted job {slurm.submit(out, job.job_name)}")
-    return exitcodes.OK
+    plan = run.slurm_plan(recipe, run.run_directory(args.run_dir, recipe), args.gpus_per_node,
+                          job_name=args.job_name, partition=args.partition, time=args.time,
+                          account=args.account, grace=args.grace, out=args.out, submit=args.submit)
+    if args.dry_run:
+        print(describe(plan), end="")
+        return exitcodes.OK
+    return execute(plan)
 
 
 def _plan(args) -> int:
@@ -419,22 +402,6 @@ def _doctor(args) -> int:
     return 1 if any(c.problem for c in found) else exitcodes.OK
 
 
-def _run_dir(args, recipe: config.Recipe) -> Path:
-    """``--run-dir``, else ``runs/<recipe name>`` (``name:``, default the recipe file's stem).
-
-    The default is the same on every call, so rerunning the same command
-    after a stop, a crash or Ctrl-C resumes the run instead of starting over
-    elsewhere (as Hugging Face Trainer-based tools do with their
-    ``output_dir``); `_ready_to_start` refuses a changed recipe and does not
-    retrain a finished run.
-    """
-    return Path(args.run_dir or f"runs/{recipe.name}").resolve()
-
-
-def _resume_argv(args) -> tuple[str, ...]:
-    return ("--resume", args.resume) + (("--allow-changed",) if args.allow_changed else ())
-
-
 def _ready_to_start(args, recipe: config.Recipe, run_dir: Path, world: int, checked: bool = True,
                     has_gpu: bool | None = None) -> bool:
     """The launcher's preflight (`medtune.engine.preflight`): once, here, before any rank starts.
@@ -450,39 +417,6 @@ def _ready_to_start(args, recipe: config.Recipe, run_dir: Path, world: int, chec
 
     return preflight(recipe, args.recipe, run_dir, world, args.resume, args.allow_changed,
                      has_gpu=has_gpu, where=_where(args), checked=checked) is not None
-
-
-def _run(plan, args, run_dir: Path, first_rank: int = 0) -> int:
-    from medtune.launcher.deepspeed import execute
-
-    print(f"[medtune] run directory: {run_dir}", file=sys.stderr)
-    print(f"[medtune] {plan.shell()}", file=sys.stderr, flush=True)
-    code = execute(plan)
-    if code == exitcodes.PREEMPTED:
-        print(f"[medtune] stopped on request after a checkpoint (exit {code}); the same command "
-              f"resumes it (--run-dir {run_dir})", file=sys.stderr)
-    elif code != 0:
-        failed = failed_rank(plan.log, first_rank)
-        print(f"medtune: error: training exited with code {code}{': ' + failed if failed else ''}; "
-              f"see {plan.log}", file=sys.stderr)
-    return code
-
-
-def failed_rank(log: Path | None, first_rank: int = 0) -> str | None:
-    """Which rank failed first, from DeepSpeed's launcher log ("rank 3 was killed by SIGKILL")."""
-    import re
-    import signal
-
-    if log is None or not log.exists():
-        return None
-    text = log.read_bytes()[-200_000:].decode(errors="replace")
-    m = re.search(r"--local_rank=(\d+)'.*?exits with return code = (-?\d+)", text)
-    if not m:
-        return None
-    rank, code = first_rank + int(m.group(1)), int(m.group(2))
-    if code < 0:
-        return f"rank {rank} was killed by {signal.Signals(-code).name}"
-    return f"rank {rank} exited with code {code}"
 
 
 def _export(args) -> int:

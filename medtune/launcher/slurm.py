@@ -1,12 +1,18 @@
-"""A Slurm batch script for a recipe: rendered by a pure function, submitted by `submit`.
+"""A Slurm job for a recipe as a `LaunchPlan`: the batch script (rendered by a pure function),
+the resolved recipe, and ``sbatch`` when submitting.
 
-Two shapes, as the recipe's ``launch.slurm_tasks`` says:
+The script first runs the preflight once, on the batch host, before any
+rank (``python -m medtune.engine.preflight``: recipe checks, data
+preparation, the resume plan); its exit code `FINISHED` (the run is
+complete) ends the job with 0, any other failure ends it with that code.
+Then ``srun`` starts the ranks, in one of two shapes, as the recipe's
+``launch.slurm_tasks`` says:
 
 - ``per_rank`` (default): one ``srun`` task per rank running
   ``python -m medtune.engine.main``; ranks learn who they are from
   ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``.
-- ``per_node``: one task per node running ``medtune launch --launcher no_ssh
-  --node-rank $SLURM_NODEID``, i.e. the DeepSpeed launcher on every node.
+- ``per_node``: one task per node running DeepSpeed's runner with
+  ``--no_ssh --node_rank $SLURM_NODEID`` over a hostfile of the allocation.
 
 Preemption: ``#SBATCH --signal=B:USR1@GRACE`` tells the batch shell, which
 passes USR1 to the ranks (only to them: DeepSpeed's launcher dies of it);
@@ -18,13 +24,20 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from medtune.base import exitcodes
 from medtune.base.errors import UserError
+from medtune.launcher.plan import RANK_MODULE, LaunchPlan
+
+PREFLIGHT_MODULE = "medtune.engine.preflight"
+FINISHED = 3
+"""The preflight's exit code for "the run is already complete: nothing to do" (the script exits 0)."""
+PORT_BASE, PORT_SPAN = 15000, 15000
+"""Without ``launch.master_port``: port 15000 + job id mod 15000, below Linux's ephemeral range
+(32768-60999), so two jobs sharing a node do not both take 29500 (DeepSpeed#3916)."""
 
 _TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
 
@@ -42,13 +55,19 @@ class SlurmJob:
     recipe_file: Path
     """The resolved recipe every rank reads."""
     run_dir: Path
-    master_port: int
+    master_port: int | None
+    """Fixed rendezvous port (``launch.master_port``); None: one derived from the job id."""
     partition: str | None = None
     time: str | None = None
     account: str | None = None
     tasks: str = "per_rank"
     grace_seconds: int = 120
     python: str = sys.executable
+
+    @property
+    def world(self) -> int:
+        """Ranks in the job: nodes x ranks per node."""
+        return self.nodes * self.procs_per_node
 
 
 def validate(job: SlurmJob) -> None:
@@ -77,15 +96,16 @@ def validate(job: SlurmJob) -> None:
 
 
 def render(job: SlurmJob) -> str:
-    """The sbatch script (a pure function of `job`)."""
+    """The sbatch script (a pure function of `job`): `_header`, then the preflight once, then the ranks."""
     validate(job)
-    q = shlex.quote
+    return _header(job) + "\n" + _body(job)
+
+
+def _header(job: SlurmJob) -> str:
     per_rank = job.tasks == "per_rank"
-
-
     head = [
         "#!/bin/bash",
-        # sbatch cuts #SBATCH values at the first blank; `submit` passes the
+        # sbatch cuts #SBATCH values at the first blank; `plan` passes the
         # exact name on sbatch's command line, which wins over this line
         f"#SBATCH --job-name={'_'.join(job.job_name.split())}",
         f"#SBATCH --nodes={job.nodes}",
@@ -99,26 +119,61 @@ def render(job: SlurmJob) -> str:
         head.append(f"#SBATCH --gpus-per-node={job.gpus_per_node}")
     head += [f"#SBATCH --{k}={v}" for k, v in
              (("partition", job.partition), ("time", job.time), ("account", job.account)) if v]
-    rank_cmd = [job.python, "-u", "-m", "medtune.engine.main", "--recipe", str(job.recipe_file),
-                "--run-dir", str(job.run_dir), "--resume", "auto"]
-    node_cmd = [job.python, "-u", "-m", "medtune.cli", "launch", str(job.recipe_file),
-                "--launcher", "no_ssh", "--run-dir", str(job.run_dir), "--resume", "auto"]
-    dynamic = (' --hostfile "$HOSTFILE" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT"'
-               ' --node-rank "$SLURM_NODEID"')
-    step = ("srun --kill-on-bad-exit=1 " + shlex.join(rank_cmd) if per_rank else
-            "srun --kill-on-bad-exit=1 bash -c " + q(shlex.join(node_cmd) + dynamic))
-    hostfile = ("" if per_rank else
+    return "\n".join(head)
+
+
+def preflight_argv(job: SlurmJob) -> list[str]:
+    """The once-per-job-start check on the batch host: ``python -m medtune.engine.preflight
+    --recipe R --run-dir D --world N --resume auto`` (exit 0: start the ranks, `FINISHED`:
+    nothing to do, 2: a user error)."""
+    return [job.python, "-u", "-m", PREFLIGHT_MODULE, "--recipe", str(job.recipe_file),
+            "--run-dir", str(job.run_dir), "--world", str(job.world), "--resume", "auto"]
+
+
+def step_command(job: SlurmJob) -> str:
+    """The ``srun`` line: one task per rank running the rank module, or one task per node running
+    DeepSpeed's runner with ``--no_ssh`` (never both: ``srun deepspeed`` on every rank's task
+    starts ranks x ranks processes, DeepSpeedExamples#893)."""
+    q = shlex.quote
+    rank_args = ["--recipe", str(job.recipe_file), "--run-dir", str(job.run_dir), "--resume", "auto"]
+    if job.tasks == "per_rank":
+        return "srun --kill-on-bad-exit=1 " + shlex.join([job.python, "-u", "-m", RANK_MODULE, *rank_args])
+    runner = (shlex.join([job.python, "-u", "-m", "deepspeed.launcher.runner"])
+              + ' --hostfile "$HOSTFILE" --no_ssh --node_rank "$SLURM_NODEID"'
+              + ' --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" '
+              + shlex.join(["--module", RANK_MODULE, *rank_args]))
+    return "srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c " + q(runner)
+
+
+def _body(job: SlurmJob) -> str:
+    q = shlex.quote
+    port = (str(job.master_port) if job.master_port is not None else
+            f"$(( {PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN} ))")
+    hostfile = ("" if job.tasks == "per_rank" else
                 f"export HOSTFILE={q(str(job.run_dir))}/hostfile.$SLURM_JOB_ID\n"
                 f"scontrol show hostnames \"$SLURM_JOB_NODELIST\" | sed 's/$/ slots={job.procs_per_node}/'"
                 ' > "$HOSTFILE"\n')
-    body = f"""
+    return f"""
 set -u
-# Rendezvous on the first node of the allocation.
+# Rendezvous on the first node of the allocation{"" if job.master_port is not None else
+    chr(10) + "# on a port of this job's own: two jobs sharing a node never share one"}.
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-export MASTER_PORT={job.master_port}
+export MASTER_PORT={port}
 export PYTHONUNBUFFERED=1
 mkdir -p {q(str(job.run_dir / 'logs'))}
 {hostfile}
+echo "[medtune] job $SLURM_JOB_ID restart ${{SLURM_RESTART_COUNT:-0}} on $SLURM_JOB_NODELIST"
+# Once, here on the batch host, before any rank: check the recipe, prepare the data, plan the resume.
+{shlex.join(preflight_argv(job))}
+code=$?
+if [ "$code" -eq {FINISHED} ]; then
+  echo "[medtune] {job.run_dir} is complete: nothing to do"
+  exit 0
+elif [ "$code" -ne 0 ]; then
+  echo "[medtune] preflight failed (exit $code): no rank was started"
+  exit "$code"
+fi
+
 on_usr1() {{
   # Slurm warns us before the time limit or a preemption: the ranks finish
   # the step in progress, write a checkpoint together and exit {exitcodes.PREEMPTED}.
@@ -127,8 +182,7 @@ on_usr1() {{
 }}
 trap on_usr1 USR1
 
-echo "[medtune] job $SLURM_JOB_ID restart ${{SLURM_RESTART_COUNT:-0}} on $SLURM_JOB_NODELIST"
-{step} &
+{step_command(job)} &
 step_pid=$!
 # `wait` returns early when USR1 arrives; keep waiting for the step itself.
 while true; do
@@ -142,13 +196,18 @@ if [ "$code" -eq {exitcodes.PREEMPTED} ]; then
 fi
 exit "$code"
 """
-    return "\n".join(head) + "\n" + body
 
 
-def submit(script: Path, job_name: str, env: dict[str, str] | None = None) -> str:
-    """``sbatch --parsable --job-name NAME SCRIPT`` (no shell): the job id, or a `SlurmError`."""
-    done = subprocess.run(["sbatch", "--parsable", f"--job-name={job_name}", str(script)],
-                          capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SlurmError(f"sbatch {script} failed: {done.stderr.strip() or done.stdout.strip()}")
-    return done.stdout.strip().split(";")[0]
+def plan(job: SlurmJob, recipe_text: str, script: Path, submit: bool) -> LaunchPlan:
+    """The files of a Slurm job and, with `submit`, ``sbatch --parsable --job-name NAME SCRIPT``.
+
+    Files: the batch script (`render`, at `script`; first, so that a dry run
+    shows it first) and the resolved recipe (`recipe_text`, at
+    ``job.recipe_file``), both written before sbatch runs; directory: ``RUN_DIR/logs``, where
+    Slurm opens the job's output before the script runs. The job name goes on
+    sbatch's command line exactly (no shell: a name is never run as a command).
+    """
+    text = render(job)
+    argv = ("sbatch", "--parsable", f"--job-name={job.job_name}", str(script)) if submit else ()
+    return LaunchPlan(argv, files={script: text, job.recipe_file: recipe_text},
+                      dirs=(job.run_dir / "logs",), kind="sbatch")

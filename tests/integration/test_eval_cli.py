@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from medtune.launcher.deepspeed import free_port
+from medtune.launcher.run import free_port
 from tests.conftest import RECIPES, needs_shared_data
 from tests.integration.helpers import medtune
 

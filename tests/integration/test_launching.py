@@ -90,6 +90,21 @@ def test_slurm_preemption_checkpoints_requeues_and_resumes_identically(slurm_clu
     assert_identical(run, baseline)
 
 
+def test_slurm_per_node_runs_deepspeeds_runner_once_per_node(slurm_cluster, recipe, baseline, tmp_path):
+    """``launch.slurm_tasks=per_node``: one srun task per node running DeepSpeed's runner with
+    --no_ssh (not one per rank: DeepSpeedExamples#893's ranks x ranks processes), after the preflight."""
+    run = tmp_path / "run"
+    out = medtune("slurm", str(recipe), "launch.slurm_tasks=per_node", "--nodes", "1", "--gpus-per-node", "0",
+                  "--run-dir", str(run), "--submit", env_extra=slurm_cluster.env)
+    job = int(out.stdout.split("submitted job ")[1].split()[0])
+    slurm_cluster.wait_state(job, "COMPLETED", timeout=300)
+    log = "".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    assert log.count("dist_world_size=2") == 1, log[-3000:]
+    got, want = metrics(run), metrics(baseline)
+    assert len(got) == STEPS
+    assert all(abs(g["train/loss"] - w["train/loss"]) <= 1e-4 * w["train/loss"] for g, w in zip(got, want))
+
+
 def test_mpirun_discovers_ranks_from_the_mpi_environment(openmpi, recipe, baseline, tmp_path):
     run = tmp_path / "run"
     # MPI's first process plans the run once (the command a Slurm or MPI job's first step runs)

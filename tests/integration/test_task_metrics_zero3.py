@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from medtune.launcher.deepspeed import free_port
+from medtune.launcher.run import free_port
 from tests.conftest import REPO, SHARED_DATA, needs_shared_data
 from tests.integration.helpers import medtune, save_tiny_model, write_recipe
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medtune.launcher.deepspeed import LaunchPlan, execute
+from medtune.launcher.plan import LaunchPlan, execute
 
 FULL = Path("/dev/full")  # every write to it fails with ENOSPC
 

@@ -31,7 +31,10 @@ def test_per_rank_script_shape():
 def test_per_node_script_runs_the_deepspeed_launcher_without_ssh():
     text = render(dataclasses.replace(JOB, tasks="per_node"))
     assert "#SBATCH --ntasks-per-node=1" in text
-    assert "--launcher no_ssh" in text and '--node-rank "$SLURM_NODEID"' in text
+    # DeepSpeed's runner itself, once per node (not `medtune launch`, which would redo the preflight)
+    assert "srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c" in text
+    assert "-m deepspeed.launcher.runner" in text and '--no_ssh --node_rank "$SLURM_NODEID"' in text
+    assert "medtune.cli" not in text
     assert "slots=8" in text
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
 
