@@ -1,6 +1,7 @@
 """Running medtune for real from tests: subprocesses, tiny models, reading runs back."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -13,6 +14,46 @@ import yaml
 from tests.conftest import RECIPES, REPO
 
 TINY_LLAMA = yaml.safe_load((RECIPES / "models" / "tiny-llama.yaml").read_text())["model"]["config"]
+
+# The shared baseline run (tests/integration/conftest.py, fixtures `baseline_recipe` and
+# `baseline_run`): the tiny Llama on the demo data, 2 ranks, ZeRO-3, 12 steps, a checkpoint
+# every 4. The same recipe on the same world trains bit-identically, so every test that
+# trains this recipe (resumed, preempted, launched through Slurm, mpirun, ...) compares
+# with this one run instead of training its own.
+BASELINE_STEPS, BASELINE_SAVE_EVERY = 12, 4
+
+
+def baseline_recipe_tree() -> dict:
+    """The shared baseline's recipe, as a YAML tree (write it with `write_recipe`)."""
+    return {
+        "base": [str(RECIPES / "models" / "tiny-llama.yaml"), str(RECIPES / "data" / "demo.yaml")],
+        "data": {"max_tokens": 512},
+        # weight decay on: a universal checkpoint must keep biases and norms undecayed
+        "train": {"max_steps": BASELINE_STEPS, "save_every": BASELINE_SAVE_EVERY, "grad_accum": 2,
+                  "lr": 2e-3, "warmup_steps": 2, "seed": 0, "weight_decay": 0.1},
+        "launch": {"procs": 2},
+        "logging": {"progress": False},
+    }
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under `root`, keyed by its path relative to `root` ('->' + target for links)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = "->" + os.readlink(path)
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            out[rel] = "(directory)"
+    return out
+
+
+def changed_paths(root: Path, digest: dict[str, str]) -> list[str]:
+    """Paths under `root` (relative) added, removed or changed since `digest` = tree_digest(root) was taken."""
+    now = tree_digest(root)
+    return sorted(k for k in digest.keys() | now.keys() if digest.get(k) != now.get(k))
 
 
 def medtune(*args: str, timeout: int = 600, check: bool = True,

@@ -15,29 +15,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import RECIPES
-from tests.integration.helpers import load_weights, medtune, metrics, write_recipe
+from tests.integration.helpers import BASELINE_STEPS, load_weights, medtune, metrics, write_recipe
 from tests.integration.infra import free_port
 
-STEPS = 6
+STEPS = BASELINE_STEPS
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory) -> Path:
+def recipe(baseline_recipe, tmp_path_factory) -> Path:
+    """The shared baseline's recipe; a 1-minute collective timeout only ends a hung launch sooner."""
     return write_recipe(tmp_path_factory.mktemp("launch") / "tiny.yaml", {
-        "base": [str(RECIPES / "models" / "tiny-llama.yaml"), str(RECIPES / "data" / "demo.yaml")],
-        "data": {"max_tokens": 512},
-        "train": {"max_steps": STEPS, "save_every": 3, "grad_accum": 2, "lr": 2e-3, "seed": 0},
-        "launch": {"procs": 2, "timeout_minutes": 1.0},
-        "logging": {"progress": False},
-    })
+        "base": str(baseline_recipe), "launch": {"timeout_minutes": 1.0}})
 
 
-@pytest.fixture(scope="module")
-def baseline(recipe, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("launch-baseline") / "run"
-    medtune("train", str(recipe), "--run-dir", str(run))
-    return run
+@pytest.fixture
+def baseline(baseline_run) -> Path:
+    """`medtune train` of the same recipe on this machine (the shared baseline run, read-only)."""
+    return baseline_run
 
 
 def assert_identical(run: Path, baseline: Path) -> None:

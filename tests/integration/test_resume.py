@@ -24,31 +24,22 @@ from medtune.base import exitcodes
 from medtune.engine.checkpoint import MARKER, latest
 from tests import hooks
 from tests.conftest import RECIPES, REPO
-from tests.integration.helpers import (assert_same_run, load_weights, medtune, metrics, save_tiny_model,
-                                       write_recipe)
+from tests.integration.helpers import (BASELINE_SAVE_EVERY, BASELINE_STEPS, assert_same_run, load_weights,
+                                       medtune, metrics, save_tiny_model, write_recipe)
 
-STEPS, SAVE_EVERY = 12, 4
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("resume")
-    return write_recipe(tmp / "resume.yaml", {
-        "base": [str(RECIPES / "models" / "tiny-llama.yaml"), str(RECIPES / "data" / "demo.yaml")],
-        "data": {"max_tokens": 512},
-        # weight decay on: a universal checkpoint must keep biases and norms undecayed
-        "train": {"max_steps": STEPS, "save_every": SAVE_EVERY, "grad_accum": 2, "lr": 2e-3,
-                  "warmup_steps": 2, "seed": 0, "weight_decay": 0.1},
-        "launch": {"procs": 2},
-        "logging": {"progress": False},
-    })
+STEPS, SAVE_EVERY = BASELINE_STEPS, BASELINE_SAVE_EVERY
 
 
-@pytest.fixture(scope="module")
-def baseline(recipe, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("baseline") / "run"
-    medtune("train", str(recipe), "--run-dir", str(run))
-    return run
+@pytest.fixture
+def recipe(baseline_recipe) -> Path:
+    """The shared baseline's recipe (tests/integration/conftest.py)."""
+    return baseline_recipe
+
+
+@pytest.fixture
+def baseline(baseline_run) -> Path:
+    """The uninterrupted run of `recipe` every interrupted one is compared with (shared, read-only)."""
+    return baseline_run
 
 
 def start(recipe: Path, run: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -245,7 +236,7 @@ def test_changed_recipe_is_refused_naming_the_key(recipe, baseline, tmp_path):
 
 def test_the_same_command_resumes_in_one_run_directory(recipe, baseline, tmp_path):
     """Issue 14, fault 7: without --run-dir, a crash and then the very same command, twice."""
-    run = tmp_path / "runs" / "resume"  # runs/<recipe name>, the name being the recipe file's stem
+    run = tmp_path / "runs" / "tiny"  # runs/<recipe name>, the name being the recipe file's stem (tiny.yaml)
     proc = subprocess.Popen([sys.executable, "-m", "medtune.cli", "train", str(recipe)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -254,7 +245,7 @@ def test_the_same_command_resumes_in_one_run_directory(recipe, baseline, tmp_pat
     proc.wait()
     out = medtune("train", str(recipe), cwd=tmp_path)
     assert f"resuming from {run / 'checkpoints' / f'step-{SAVE_EVERY:08d}'} at step {SAVE_EVERY}" in out.stderr
-    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["resume"]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tiny"]
     assert [m["step"] for m in metrics(run)] == list(range(1, STEPS + 1))  # max_steps, not 6 + 12
     assert_same_run(run, baseline)
     # once finished, the same command says so and trains nothing
