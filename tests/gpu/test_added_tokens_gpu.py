@@ -20,7 +20,7 @@ def test_added_tokens_grow_train_and_export_on_one_gpu(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run, _ = _run(tmp_path, "gpu", overrides=GPU, lr=1e-30, warmup_steps=0, max_grad_norm=0.0)
-    losses = [m["train/loss"] for m in metrics(run)]
+    losses = [m["train/loss"] for m in metrics(run) if "train/loss" in m]
     assert len(losses) == 3 and all(0 < x < 20 for x in losses), losses
     weights = load_weights(run / "export")
     for name in ("model.embed_tokens.weight", "lm_head.weight"):

@@ -41,7 +41,7 @@ def test_two_added_tokens_train_under_zero3_export_1002_rows_and_generate_batche
     run, proc = _run(tmp_path, "trained")
     said = proc.stdout + proc.stderr + "".join(f.read_text(errors="replace") for f in (run / "logs").glob("*"))
     assert "the model grows from 1000 to 1002 rows" in said
-    losses = [m["train/loss"] for m in metrics(run)]
+    losses = [m["train/loss"] for m in metrics(run) if "train/loss" in m]
     assert len(losses) == 3 and all(0 < x < 20 for x in losses)
     out = run / "export"
     weights = load_weights(out)

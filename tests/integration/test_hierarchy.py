@@ -88,7 +88,7 @@ def test_hpz_trains_exactly_like_flat_zero3(flat, hpz):
         (hpz / "logs" / "launcher-node0.log").read_text()
     diffs = max_rel_diff(load_weights(hpz / "export"), load_weights(flat / "export"))
     assert max(diffs.values()) <= 1e-6, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
-    losses = [[m["train/loss"] for m in metrics(r)] for r in (flat, hpz)]
+    losses = [[m["train/loss"] for m in metrics(r) if "train/loss" in m] for r in (flat, hpz)]
     assert len(losses[0]) == STEPS
     assert all(abs(a - b) <= 1e-6 * abs(a) for a, b in zip(*losses)), losses
     # DeepSpeed writes the same checkpoint files either way (hpZ's secondary shards are not saved)
