@@ -90,3 +90,24 @@ def test_a_bad_recipe_is_one_line_exit_2(tmp_path, capsys):
     assert main(["inspect", str(recipe)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.sources.0.path" in err[0]
+
+
+def test_a_messages_file_shows_every_assistant_turn_masked_and_its_count(tmp_path):
+    """Issue 18, done-means 4: ``medtune inspect`` on an OpenAI ``messages`` file (ChatML)."""
+    from tests.unit.test_formats_tables import CHATML, save_chatml_tokenizer
+
+    tok = save_chatml_tokenizer(tmp_path / "chatml-tok")
+    recipe = write_recipe(tmp_path / "chat.yaml", {
+        "base": ["models/tiny-llama.yaml"],
+        "model": {"tokenizer": str(tok), "config": {"vocab_size": 1024}},
+        "data": {"sources": [{"path": str(CORPORA / "messages" / "train.jsonl"), "format": "messages",
+                              "name": "clinic-chats"}],
+                 "template": "chat", "chat_template": str(CHATML), "max_tokens": 256}})
+    text = _inspect(str(recipe), n=3)
+    assert re.search(r"^clinic-chats +3 +0 +0 +0 +3 ", text, re.M)
+    first = text.split("--- clinic-chats #0", 1)[1].split("--- clinic-chats #1", 1)[0]
+    # the two assistant turns and their terminators carry the loss; system and user turns do not
+    assert re.findall(r"\[\[(.*?)\]\]", first, re.S) == ["Yes, 39 C is a high fever.<|im_end|>",
+                                                         "Paracetamol, and plenty of fluids.<|im_end|>"]
+    assert "A patient has a fever of 39 C. Is that high?" in first.split("[[")[0]
+    assert "data cache:" in text and "nothing launched" in text
