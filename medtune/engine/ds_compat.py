@@ -9,7 +9,7 @@ the ZeRO-3 optimizer's attributes, ``_``-prefixed methods -- is reached only
 through the functions below, each written against DeepSpeed 0.19.8 and free
 to change in any release. `check_version` refuses a DeepSpeed outside
 `SUPPORTED` at the start of the launching process and of every rank
-(tests/unit/test_ds_compat.py holds the rule that no other module of medtune
+(tests/unit/engine/test_ds_compat.py holds the rule that no other module of medtune
 touches these internals).
 
 Not routed here: the ZeRO-3 parameter protocol (``param.ds_status``,

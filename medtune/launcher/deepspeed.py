@@ -1,7 +1,7 @@
 """DeepSpeed runner commands as `LaunchPlan`s: this machine's ranks, or a hostfile's nodes.
 
 `local_plan` and `cluster_plan` are pure functions of their arguments
-(tests/unit/test_launch_plans.py feeds every argv they build to DeepSpeed's
+(tests/unit/launcher/test_launch_plans.py feeds every argv they build to DeepSpeed's
 own ``deepspeed.launcher.runner.parse_args``); `medtune.launcher.plan.execute`
 runs them.
 """

@@ -13,7 +13,7 @@ or start with ``#`` are skipped, and every other line must match
 ``^(\\S+)\\s+slots=(\\d+)`` (no spaces around ``=``; whatever follows the
 digits is ignored); a host given twice and a file without hosts are refused.
 So a hostfile passes medtune's check exactly when DeepSpeed's runner will
-parse it, to the same hosts and slots (tests/unit/test_hostfile.py feeds
+parse it, to the same hosts and slots (tests/unit/launcher/test_hostfile.py feeds
 both parsers the same files). `parse` then refuses, in the same one-line
 form, what DeepSpeed parses but cannot launch: a host with 0 slots and a
 host name that starts with a byte-order mark (a file saved as "UTF-8 with

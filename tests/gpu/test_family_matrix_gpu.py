@@ -1,4 +1,4 @@
-"""The family x kernel x loss-head matrix of tests/unit/test_family_matrix.py, in bf16 on CUDA.
+"""The family x kernel x loss-head matrix of tests/unit/models/test_family_matrix.py, in bf16 on CUDA.
 
 Real kernels this time (flash-attn when installed, torch's varlen_attn, the
 per-sample sdpa path, transformers' own). For every family built tiny from

@@ -1,6 +1,6 @@
 """Bring your own data, for real: every format and file type in one mixture trains 2 steps under 2-rank ZeRO-3.
 
-The mixture holds a source per row of `tests.unit.test_formats_tables.CASES`
+The mixture holds a source per row of `tests.unit.data.test_formats_tables.CASES`
 (messages in jsonl, a JSON list, parquet, arrow, a saved dataset and a glob;
 ShareGPT in JSON and parquet; prompt/completion in CSV, parquet and a split
 folder; column-mapped CSV, parquet and JSON Lines), rendered through ChatML
@@ -13,7 +13,7 @@ import json
 
 from tests.conftest import RECIPES
 from tests.integration.helpers import medtune, metrics, write_recipe
-from tests.unit.test_formats_tables import CASES, CHATML, _name, save_chatml_tokenizer, write_fixtures
+from tests.unit.data.test_formats_tables import CASES, CHATML, _name, save_chatml_tokenizer, write_fixtures
 
 
 def test_a_mixture_of_every_format_trains_two_steps_under_zero3(tmp_path):

@@ -7,7 +7,7 @@ import json
 from medtune.engine import trackers
 from tests.conftest import RECIPES
 from tests.integration.helpers import medtune, write_recipe
-from tests.unit.test_trackers import jsonl_series, mlflow_series, wandb_config, wandb_history
+from tests.unit.engine.test_trackers import jsonl_series, mlflow_series, wandb_config, wandb_history
 
 
 def test_two_rank_run_fills_wandb_and_mlflow_like_metrics_jsonl(tmp_path):

@@ -260,7 +260,7 @@ def test_every_integration_test_is_slow_and_the_inner_loop_has_none():
 
     root = PACKAGE.parent
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                           "-m", "not slow", "tests/integration", "tests/unit/test_bad_inputs_config.py"],
+                           "-m", "not slow", "tests/integration", "tests/unit/config/test_bad_inputs_config.py"],
                           cwd=root, capture_output=True, text=True, timeout=300)
     collected = [line for line in done.stdout.splitlines() if "::" in line]
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -148,7 +148,7 @@ def test_a_system_prompt_under_the_paper_template_keeps_the_input_where_it_was()
 @pytest.mark.parametrize("template", ["paper", "chatml", "llama3"])
 @pytest.mark.parametrize("max_tokens", [4096, 40])
 def test_fast_and_offset_labelling_agree_on_a_conversation(template, max_tokens):
-    from tests.unit.test_data_tokenize import _Slow
+    from tests.unit.data.test_data_tokenize import _Slow
 
     tok = _tok(None if template == "paper" else template)
     r = render(CONVERSATION, "paper" if template == "paper" else "chat", tok)

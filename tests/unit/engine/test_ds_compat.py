@@ -9,7 +9,7 @@ import pytest
 
 from medtune.engine import ds_compat
 
-PACKAGE = Path(__file__).resolve().parents[2] / "medtune"
+PACKAGE = Path(__file__).resolve().parents[3] / "medtune"
 COMPAT = PACKAGE / "engine" / "ds_compat.py"
 
 PUBLIC_MODULES = {"deepspeed", "deepspeed.comm", "deepspeed.zero", "deepspeed.accelerator",

@@ -11,7 +11,7 @@ import torch
 from medtune.engine import checkpoint, trainer
 from tests import hooks
 
-PACKAGE = Path(__file__).resolve().parents[2] / "medtune"
+PACKAGE = Path(__file__).resolve().parents[3] / "medtune"
 
 
 def test_product_code_holds_no_test_hook_names():

@@ -68,7 +68,7 @@ def test_users_deepspeed_json_must_be_stage_3(tmp_path):
 
 # ---- issue 14, fault 9: a DeepSpeed JSON the user already has -----------------------------------
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "deepspeed"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "deepspeed"
 
 
 def test_auto_values_resolve_as_transformers_resolves_them():

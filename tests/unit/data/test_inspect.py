@@ -94,7 +94,7 @@ def test_a_bad_recipe_is_one_line_exit_2(tmp_path, capsys):
 
 def test_a_messages_file_shows_every_assistant_turn_masked_and_its_count(tmp_path):
     """Issue 18, done-means 4: ``medtune inspect`` on an OpenAI ``messages`` file (ChatML)."""
-    from tests.unit.test_formats_tables import CHATML, save_chatml_tokenizer
+    from tests.unit.data.test_formats_tables import CHATML, save_chatml_tokenizer
 
     tok = save_chatml_tokenizer(tmp_path / "chatml-tok")
     recipe = write_recipe(tmp_path / "chat.yaml", {

@@ -17,7 +17,7 @@ from medtune.engine import resume
 from medtune.engine.checkpoint import MARKER, ResumeError, mark_finished
 from tests.conftest import RECIPES
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEMO = RECIPES / "demo.yaml"  # 2 ranks, train.grad_accum 2
 
 

@@ -9,7 +9,7 @@ from datasets import Dataset
 from medtune.data.packed import PackedData
 from medtune.engine import trainer
 
-PACKAGE = Path(__file__).resolve().parents[2] / "medtune"
+PACKAGE = Path(__file__).resolve().parents[3] / "medtune"
 
 
 def _dataset() -> Dataset:
