@@ -294,3 +294,14 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
         if done.returncode:
             failed[name] = done.stderr.strip().splitlines()[-1]
     assert failed == {}
+
+
+def test_unit_tests_mirror_the_parts():
+    """tests/unit/<part>/ for every part of `ALLOWED`; at the top only the repository-wide tests."""
+    unit = PACKAGE.parent / "tests" / "unit"
+    folders = {p.name for p in unit.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == set(ALLOWED), folders
+    top = {p.name for p in unit.glob("test_*.py")}
+    assert top == {"test_structure.py", "test_check_wheels.py", "test_locked_versions.py"}, top
+    for folder in folders:
+        assert (unit / folder / "__init__.py").is_file() and list((unit / folder).glob("test_*.py")), folder
