@@ -130,6 +130,24 @@ def preflight_argv(job: SlurmJob) -> list[str]:
             "--run-dir", str(job.run_dir), "--world", str(job.world), "--resume", "auto"]
 
 
+def rank_pattern(job: SlurmJob) -> str:
+    """The extended regular expression ``pkill -f`` matches this job's ranks by: the rank module
+    and ``--run-dir`` of this run, so ranks of other runs on a shared node are never signalled.
+
+    >>> rank_pattern(SlurmJob(job_name="j", nodes=1, procs_per_node=1, gpus_per_node=0,
+    ...                       recipe_file=Path("/r/x.yaml"), run_dir=Path("/runs/a.b"), master_port=None))
+    '^[^ ]*python[^ ]* -u -m medtune[.]engine[.]main .*--run-dir /runs/a[.]b( |$)'
+    """
+    return (r"^[^ ]*python[^ ]* -u -m " + _ere_literal(RANK_MODULE)
+            + r" .*--run-dir " + _ere_literal(str(job.run_dir)) + "( |$)")
+
+
+def _ere_literal(text: str) -> str:
+    """`text` as a POSIX extended regular expression that matches exactly it."""
+    return "".join(f"[{c}]" if c in ".*+?(){}|$[\\" else "\\^" if c == "^" else "[]]" if c == "]" else c
+                   for c in text)
+
+
 def step_command(job: SlurmJob) -> str:
     """The ``srun`` line: one task per rank running the rank module, or one task per node running
     DeepSpeed's runner with ``--no_ssh`` (never both: ``srun deepspeed`` on every rank's task
@@ -178,7 +196,7 @@ on_usr1() {{
   # Slurm warns us before the time limit or a preemption: the ranks finish
   # the step in progress, write a checkpoint together and exit {exitcodes.PREEMPTED}.
   echo "[medtune] USR1: asking every rank to checkpoint (restart ${{SLURM_RESTART_COUNT:-0}})"
-  srun --overlap --ntasks-per-node=1 pkill -USR1 -f '^[^ ]*python[^ ]* -u -m medtune[.]engine[.]main' || true
+  srun --overlap --ntasks-per-node=1 pkill -USR1 -f {shlex.quote(rank_pattern(job))} || true
 }}
 trap on_usr1 USR1
 

@@ -66,3 +66,24 @@ def test_bad_values_are_one_line_errors(change, message):
     with pytest.raises(SlurmError) as err:
         render(dataclasses.replace(JOB, **change))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("run_dir", ["/runs/a.b", "/scratch/x+y/(run)[1]", "/r/^odd$"])
+def test_usr1_reaches_this_runs_ranks_only(run_dir):
+    """The preemption handler's ``pkill -f`` pattern matched every medtune rank on the node (another
+    job's, or a test's, on a shared node got USR1 and checkpointed); now it names this run's
+    --run-dir, matched as literal text (`grep -E` reads POSIX EREs as pkill does)."""
+    from medtune.launcher.slurm import rank_pattern
+
+    job = SlurmJob(job_name="j", nodes=1, procs_per_node=2, gpus_per_node=0, recipe_file=Path("/r/x.yaml"),
+                   run_dir=Path(run_dir), master_port=None)
+    pattern = rank_pattern(job)
+    assert f"pkill -USR1 -f '{pattern}'" in render(job)
+    rank = f"/usr/bin/python3 -u -m medtune.engine.main --recipe /r/x.yaml --run-dir {run_dir} --resume auto"
+    ours = [rank, rank.replace(" -m medtune.engine.main ", " -m medtune.engine.main --local_rank=1 ")]
+    others = [rank.replace(run_dir, run_dir + "2"), rank.replace(run_dir, run_dir.replace("/", "/x", 1)),
+              rank.replace("medtune.engine.main", "medtune.engine.preflight"),
+              "/usr/bin/python3 -u -m medtune.engine.main --recipe /r/x.yaml --run-dir /runs/other --resume auto"]
+    got = subprocess.run(["grep", "-E", pattern], input="\n".join(ours + others) + "\n",
+                         capture_output=True, text=True).stdout.splitlines()
+    assert got == ours
