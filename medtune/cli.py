@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medtune import config
 from medtune.base import exitcodes
-from medtune.base.errors import UserError
+from medtune.base.errors import UserError, error_lines
 from medtune.engine import ds_compat
 
 
@@ -192,12 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb in LAUNCHING:
             ds_compat.check_version()
         return verbs[args.verb](args)
-    except config.RecipeError as err:
-        for line in err.problems:
-            print(f"medtune: error: {line}", file=sys.stderr)
-        return exitcodes.USAGE
-    except UserError as err:
-        print(f"medtune: error: {err}", file=sys.stderr)
+    except UserError as err:  # RecipeError included: one line per problem
+        print(error_lines(err), file=sys.stderr)
         return exitcodes.USAGE
 
 

@@ -15,3 +15,10 @@ class RecipeError(UserError, ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+def error_lines(err: UserError) -> str:
+    """`err` as every medtune entry point prints it: ``medtune: error: `` before each problem
+    (a `RecipeError` is one line per problem, any other `UserError` one line)."""
+    problems = err.problems if isinstance(err, RecipeError) else [str(err)]
+    return "\n".join(f"medtune: error: {p}" for p in problems)

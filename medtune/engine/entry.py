@@ -10,9 +10,8 @@ import argparse
 import sys
 from typing import Callable
 
-from medtune import config
 from medtune.base import exitcodes
-from medtune.base.errors import UserError
+from medtune.base.errors import UserError, error_lines
 from medtune.engine import ds_compat
 
 
@@ -45,9 +44,6 @@ def run(argv: list[str], rank_main: Callable[..., int]) -> int:
         if err.loud:
             print(f"medtune: error: {err}", file=sys.stderr, flush=True)
         return exitcodes.IO_ERROR
-    except config.RecipeError as err:
-        print("\n".join(f"medtune: error: {line}" for line in err.problems), file=sys.stderr)
-        return exitcodes.USAGE
-    except UserError as err:
-        print(f"medtune: error: {err}", file=sys.stderr)
+    except UserError as err:  # RecipeError included: one line per problem
+        print(error_lines(err), file=sys.stderr)
         return exitcodes.USAGE

@@ -32,7 +32,7 @@ from typing import Callable
 
 from medtune import config
 from medtune.base import exitcodes
-from medtune.base.errors import UserError
+from medtune.base.errors import UserError, error_lines
 from medtune.base.fsutil import write_atomic
 
 PLAN = "run_plan.json"
@@ -316,11 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = config.load(args.recipe)
         plan = preflight(recipe, args.recipe, Path(args.run_dir).resolve(), args.world, args.resume,
                          args.allow_changed)
-    except config.RecipeError as err:
-        print("\n".join(f"medtune: error: {line}" for line in err.problems), file=sys.stderr)
-        return exitcodes.USAGE
-    except UserError as err:
-        print(f"medtune: error: {err}", file=sys.stderr)
+    except UserError as err:  # RecipeError included: one line per problem
+        print(error_lines(err), file=sys.stderr)
         return exitcodes.USAGE
     if plan is None:
         return NOTHING_TO_DO
